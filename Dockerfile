@@ -1,0 +1,14 @@
+# The recal worker image used by docker-compose.yml (a deployment, not needed for dev/tests).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY worker ./worker
+COPY schemas ./schemas
+RUN pip install --no-cache-dir .
+# Non-root: the worker needs no privileges, only its state directory.
+RUN useradd --create-home recal && mkdir -p /data && chown recal /data
+USER recal
+ENV RECAL_DATA_DIR=/data RECAL_WEB_HOST=0.0.0.0
+EXPOSE 6066
+ENTRYPOINT ["recal"]
+CMD ["worker"]
