@@ -1,0 +1,616 @@
+"""Per-(user, arm) and per-arm Beta posteriors, segment-rate priors and user tiers (DESIGN §6)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.posteriors import _checks
+from worker.core.posteriors.beta_posterior import BetaPosterior
+
+POPULATION = "*"
+TIERS = ("confident", "moderate_uncertain", "high_epistemic")
+_RANK = {t: i for i, t in enumerate(TIERS)}
+# Rates used as prior means are kept away from 0 and 1 so that Beta(m·s, (1 − m)·s) is proper
+# whatever a short, extreme segment history says.
+_RATE_FLOOR = 1e-4
+
+
+class _User:
+    """One user's state: segment, pooled and per-arm posteriors, conformal share, tier."""
+
+    __slots__ = ("arms", "last_ts", "n_flags", "pooled", "segment", "share", "tier")
+
+    def __init__(self, segment: str, pooled: BetaPosterior) -> None:
+        self.segment = segment
+        self.pooled = pooled
+        self.arms: dict[str, BetaPosterior] = {}
+        self.share = 0.0
+        self.n_flags = 0
+        self.tier: str | None = None
+        self.last_ts = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "segment": self.segment,
+            "pooled": self.pooled.to_dict(),
+            "arms": {a: p.to_dict() for a, p in self.arms.items()},
+            "share": self.share,
+            "n_flags": self.n_flags,
+            "tier": self.tier,
+            "last_ts": self.last_ts,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _User:
+        u = cls(
+            _checks.identifier("segment", data["segment"]),
+            BetaPosterior.from_dict(data["pooled"]),
+        )
+        u.arms = {
+            _checks.identifier("arm", a): BetaPosterior.from_dict(p)
+            for a, p in data["arms"].items()
+        }
+        share, n_flags, tier = data["share"], data["n_flags"], data["tier"]
+        if not (_checks.is_real(share) and 0.0 <= share <= 1.0):
+            raise ValueError(f"share must be in [0, 1]; got {share!r}")
+        if isinstance(n_flags, bool) or not isinstance(n_flags, int) or n_flags < 0:
+            raise ValueError(f"n_flags must be an integer >= 0; got {n_flags!r}")
+        if tier is not None and tier not in _RANK:
+            raise ValueError(f"tier must be one of {TIERS}; got {tier!r}")
+        u.share, u.n_flags, u.tier = float(share), n_flags, tier
+        u.last_ts = _checks.timestamp("last_ts", data["last_ts"])
+        return u
+
+
+class PosteriorStore:
+    """Beta click-rate posteriors per (user, arm) and per arm, with uncertainty tiers.
+
+    **Priors** are never flat. A new (user, arm) posterior starts at
+    Beta(m·s, (1 − m)·s) with ``s = prior_strength`` pseudo-events and ``m`` the click rate
+    of the user's segment on that arm, estimated by the store itself from the mature
+    feedback it has seen, hierarchically (each level shrunk to its parent with
+    ``segment_prior_strength`` pseudo-events ``c``)::
+
+        m_global      = (clicks + c·default_rate) / (events + c)
+        m_seg         = (clicks_seg + c·m_global) / (events_seg + c)   (or set_segment_rate)
+        m_seg_arm     = (clicks_seg_arm + c·m_seg) / (events_seg_arm + c)
+
+    so a new segment starts at the global rate and a rare arm at its segment's rate. The
+    aggregator knows the segment rates over all partitions better than one worker;
+    ``set_segment_rate`` overrides ``m_seg`` with such a value. A prior is fixed when its
+    posterior is created (the store never rewrites a prior; evidence is kept apart from it,
+    see ``BetaPosterior``). The user's own event is not part of the rate its prior is taken
+    from. Population posteriors (user ``"*"``) start from ``default_rate``: the same prior in
+    every partition, so the aggregator can merge them.
+
+    **Discounting** (``half_life_ms``): every posterior and rate estimate forgets with that
+    event-time half-life, toward its prior.
+
+    **Tiers** come from the spread of the user's *pooled* posterior (all arms) and from the
+    share of the user's recent predictions whose conformal set was {0, 1}
+    (``conformal_uncertain``; an exponential average over about ``uncertain_memory`` flagged
+    events, the plain mean before that; events with ``None`` do not count). The spread is
+    ``cv = std / rate``: the std of the pooled posterior, whose prior has only
+    ``tier_prior_strength`` pseudo-events (default 2) at the segment rate ``m0``, over the
+    user's rate shrunk with ``prior_strength`` pseudo-events,
+    ``rate = (clicks + prior_strength·m0) / (events + prior_strength)``. Relative, so
+    comparable across base rates: cv ≈ 1/√(clicks), so at the defaults ``confident`` needs
+    about 16 clicks and ``high_epistemic`` means fewer than about 4. Why two strengths: the
+    tier says how much *this user's own* feedback has told us, so the std must not count the
+    exploration prior (``prior_strength`` in the hundreds is reasonable when users vary
+    little around their segment, and would make a user without a single event look
+    ``confident``); the shrunk rate keeps a lucky first click or two (weak-prior mean ~50 %)
+    from looking precise::
+
+        high_epistemic      cv > cv_high  or  share >= share_high
+        confident           cv <= cv_confident  and  share <= share_confident
+        moderate_uncertain  otherwise
+
+    A tier change needs the rule to hold with every threshold moved by ``tier_margin``
+    (relative) against the change, so a user sitting on a boundary does not flap and flood
+    the tier events. ``update`` returns the tier events (including the first assignment,
+    ``from_tier: None``). Tiers are re-evaluated on the user's updates only; population
+    posteriors and unknown pairs get the cv part of the rule, on their own evidence with the
+    tier prior strength.
+
+    **Bounded state**: at most ``max_users`` users (least recently updated evicted first;
+    ``drain_evicted`` hands their (user, arm) keys to the runtime for tombstones), at most
+    ``max_segments`` segments and ``max_arms`` arms per user and in the population (events on
+    arms beyond the cap update the pooled and rate statistics only). ``expire(before_ts)``
+    drops users idle since before an event time. ``drain_dirty`` returns snapshots of the
+    pairs updated since the last drain, for the batched compacted topic.
+
+    Users are partitioned across workers, so a store has no ``merge``; the population
+    posteriors (``population(arm)``) are ``BetaPosterior`` objects, which merge.
+
+    >>> store = PosteriorStore(prior_strength=10, default_rate=0.05)
+    >>> events = store.update("u1", "news", "default", 1, event_ts=1_000)
+    >>> [(e["from_tier"], e["to_tier"]) for e in events]
+    [(None, 'high_epistemic')]
+    >>> snap = store.snapshot("u1", "news", event_ts=1_000)
+    >>> snap["alpha"], snap["beta"], snap["n"], snap["tier"]
+    (1.5, 9.5, 1, 'high_epistemic')
+    >>> round(store.global_rate(), 4), round(store.segment_rate("default"), 4)
+    (0.0594, 0.0687)
+    >>> for i in range(400):
+    ...     events = store.update("u1", "news", "default", int(i % 10 == 0), event_ts=2_000 + i)
+    ...     if events:
+    ...         print(events[0]["to_tier"], events[0]["n"])
+    moderate_uncertain 42
+    confident 172
+    >>> sorted(s["user_id"] for s in store.drain_dirty(event_ts=3_000))
+    ['*', 'u1']
+    """
+
+    def __init__(
+        self,
+        *,
+        prior_strength: float = 10.0,
+        tier_prior_strength: float = 2.0,
+        default_rate: float = 0.05,
+        segment_prior_strength: float = 100.0,
+        half_life_ms: float | None = None,
+        cv_confident: float = 0.25,
+        cv_high: float = 0.5,
+        share_confident: float = 0.1,
+        share_high: float = 0.5,
+        uncertain_memory: int = 50,
+        tier_margin: float = 0.1,
+        max_users: int = 1_000_000,
+        max_segments: int = 10_000,
+        max_arms: int = 1_000,
+    ) -> None:
+        self._prior_strength = _checks.config_positive("prior_strength", prior_strength)
+        self._tier_strength = _checks.config_positive("tier_prior_strength", tier_prior_strength)
+        self._default_rate = _checks.config_unit_open("default_rate", default_rate)
+        self._segment_strength = _checks.config_positive(
+            "segment_prior_strength", segment_prior_strength
+        )
+        self._half_life = _checks.config_half_life(half_life_ms)
+        self._cv_confident = _checks.config_positive("cv_confident", cv_confident)
+        self._cv_high = _checks.config_positive("cv_high", cv_high)
+        if not self._cv_confident < self._cv_high:
+            raise ConfigError(
+                f"need cv_confident < cv_high; got {cv_confident!r} and {cv_high!r}"
+            )
+        if not (
+            _checks.is_real(share_confident)
+            and _checks.is_real(share_high)
+            and 0.0 <= share_confident < share_high <= 1.0
+        ):
+            raise ConfigError(
+                "need 0 <= share_confident < share_high <= 1; "
+                f"got {share_confident!r} and {share_high!r}"
+            )
+        self._share_confident = float(share_confident)
+        self._share_high = float(share_high)
+        self._memory = _config_int("uncertain_memory", uncertain_memory)
+        if not (_checks.is_real(tier_margin) and 0.0 <= tier_margin < 1.0):
+            raise ConfigError(f"tier_margin must be a number in [0, 1); got {tier_margin!r}")
+        self._margin = float(tier_margin)
+        self._max_users = _config_int("max_users", max_users)
+        self._max_segments = _config_int("max_segments", max_segments)
+        self._max_arms = _config_int("max_arms", max_arms)
+
+        self._users: OrderedDict[str, _User] = OrderedDict()
+        self._population: dict[str, BetaPosterior] = {}
+        # Rate statistics: only the discounted counts of these posteriors are used.
+        self._global = self._counter()
+        self._segments: dict[str, BetaPosterior] = {}
+        self._segment_arms: dict[tuple[str, str], BetaPosterior] = {}
+        self._overrides: dict[str, float] = {}
+        # Insertion-ordered sets (dict keys) so drains are deterministic.
+        self._dirty: dict[tuple[str, str], None] = {}
+        self._evicted: dict[tuple[str, str], None] = {}
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The hyper-parameters, as keyword arguments of the constructor."""
+        return {
+            "prior_strength": self._prior_strength,
+            "tier_prior_strength": self._tier_strength,
+            "default_rate": self._default_rate,
+            "segment_prior_strength": self._segment_strength,
+            "half_life_ms": self._half_life,
+            "cv_confident": self._cv_confident,
+            "cv_high": self._cv_high,
+            "share_confident": self._share_confident,
+            "share_high": self._share_high,
+            "uncertain_memory": self._memory,
+            "tier_margin": self._margin,
+            "max_users": self._max_users,
+            "max_segments": self._max_segments,
+            "max_arms": self._max_arms,
+        }
+
+    @property
+    def n_users(self) -> int:
+        """Users held."""
+        return len(self._users)
+
+    @property
+    def n_pairs(self) -> int:
+        """(user, arm) posteriors held, population posteriors excluded."""
+        return sum(len(u.arms) for u in self._users.values())
+
+    def users(self) -> list[str]:
+        """User ids held, least recently updated first."""
+        return list(self._users)
+
+    def arms(self) -> list[str]:
+        """Arms with a population posterior."""
+        return list(self._population)
+
+    # ------------------------------------------------------------------ rates and priors
+
+    def _counter(self) -> BetaPosterior:
+        return BetaPosterior(half_life_ms=self._half_life)
+
+    def _shrunk(self, counts: BetaPosterior | None, parent: float, ts: int | None) -> float:
+        c = self._segment_strength
+        if counts is None:
+            return parent
+        s, f = counts.counts_at(ts)
+        m = (s + c * parent) / (s + f + c)
+        return min(max(m, _RATE_FLOOR), 1.0 - _RATE_FLOOR)
+
+    def global_rate(self, event_ts: int | None = None) -> float:
+        """The running click rate over every event, shrunk toward ``default_rate``."""
+        return self._shrunk(self._global, self._default_rate, event_ts)
+
+    def segment_rate(
+        self, segment: str, arm: str | None = None, event_ts: int | None = None
+    ) -> float:
+        """The prior mean the store would give a new user of ``segment`` (on ``arm``)."""
+        rate = self._overrides.get(segment)
+        if rate is None:
+            rate = self._shrunk(self._segments.get(segment), self.global_rate(event_ts), event_ts)
+        if arm is None:
+            return rate
+        return self._shrunk(self._segment_arms.get((segment, arm)), rate, event_ts)
+
+    def set_segment_rate(self, segment: str, rate: float | None) -> None:
+        """Use ``rate`` (e.g. from the aggregator's merged sketch) as ``m_seg``; ``None`` clears.
+
+        Affects posteriors created afterwards only: existing priors are never rewritten.
+        """
+        _checks.identifier("segment", segment)
+        if rate is None:
+            self._overrides.pop(segment, None)
+            return
+        r = _checks.config_unit_open("rate", rate)
+        if segment not in self._overrides and len(self._overrides) >= self._max_segments:
+            raise ConfigError(f"more than max_segments={self._max_segments} segment rates")
+        self._overrides[segment] = min(max(r, _RATE_FLOOR), 1.0 - _RATE_FLOOR)
+
+    def _prior(self, rate: float, strength: float | None = None) -> BetaPosterior:
+        s = self._prior_strength if strength is None else strength
+        return BetaPosterior.from_rate(rate, s, half_life_ms=self._half_life)
+
+    # ------------------------------------------------------------------ updates
+
+    def update(
+        self,
+        user_id: str,
+        arm: str | None,
+        segment: str,
+        label: int,
+        event_ts: int,
+        conformal_uncertain: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """Count one mature feedback event; return the tier events it causes (0 or 1).
+
+        ``arm`` may be ``None`` (an impression without an exploration arm): the pooled
+        posterior, the tier and the rates still learn from it. A tier event is
+        ``{"user_id", "segment", "from_tier", "to_tier", "event_ts", "cv",
+        "uncertain_share", "n"}``.
+        """
+        uid = _checks.identifier("user_id", user_id)
+        if uid == POPULATION:
+            raise InvalidInputError("schema", f"user_id {POPULATION!r} is reserved")
+        if arm is not None:
+            _checks.identifier("arm", arm)
+        seg = _checks.identifier("segment", segment)
+        y = _checks.label(label)
+        ts = _checks.timestamp("event_ts", event_ts)
+        if conformal_uncertain is not None and not isinstance(conformal_uncertain, bool):
+            raise InvalidInputError(
+                "schema", f"conformal_uncertain must be a bool or None; got {conformal_uncertain!r}"
+            )
+
+        # Priors are taken before this event enters the rates: the user's own event must not
+        # also be counted as prior evidence.
+        user = self._users.get(uid)
+        if user is None:
+            user = _User(seg, self._prior(self.segment_rate(seg, None, ts), self._tier_strength))
+            self._users[uid] = user
+        else:
+            self._users.move_to_end(uid)
+            user.segment = seg
+        if arm is not None:
+            pair = user.arms.get(arm)
+            if pair is None and len(user.arms) < self._max_arms:
+                pair = user.arms[arm] = self._prior(self.segment_rate(seg, arm, ts))
+            if pair is not None:
+                pair.update(y, ts=ts)
+                self._mark(uid, arm)
+            pop = self._population.get(arm)
+            if pop is None and len(self._population) < self._max_arms:
+                pop = self._population[arm] = self._prior(self._default_rate)
+            if pop is not None:
+                pop.update(y, ts=ts)
+                self._mark(POPULATION, arm)
+        user.pooled.update(y, ts=ts)
+        user.last_ts = max(user.last_ts, ts)
+
+        self._global.update(y, ts=ts)
+        seg_counts = self._segments.get(seg)
+        if seg_counts is None and len(self._segments) < self._max_segments:
+            seg_counts = self._segments[seg] = self._counter()
+        if seg_counts is not None:
+            seg_counts.update(y, ts=ts)
+            if arm is not None and arm in self._population:
+                sa = self._segment_arms.get((seg, arm))
+                if sa is None:
+                    sa = self._segment_arms[(seg, arm)] = self._counter()
+                sa.update(y, ts=ts)
+
+        if conformal_uncertain is not None:
+            user.n_flags += 1
+            step = 1.0 / min(user.n_flags, self._memory)
+            user.share += (float(conformal_uncertain) - user.share) * step
+            user.share = min(max(user.share, 0.0), 1.0)
+
+        events = self._retier(uid, user, ts)
+        self._evict_over_cap()
+        return events
+
+    def _mark(self, uid: str, arm: str) -> None:
+        self._dirty[(uid, arm)] = None
+
+    def _spread(self, post: BetaPosterior) -> float:
+        """The tier ``cv`` of ``post``'s evidence (class docstring), prior mean ``m0``."""
+        m0 = post.prior_alpha / (post.prior_alpha + post.prior_beta)
+        s, f = post.successes, post.failures
+        a = m0 * self._tier_strength + s
+        b = (1.0 - m0) * self._tier_strength + f
+        k = a + b
+        rate = (s + self._prior_strength * m0) / (s + f + self._prior_strength)
+        return (a * b / (k * k * (k + 1.0))) ** 0.5 / rate
+
+    def _tier_rule(self, cv: float, share: float, scale: float) -> str:
+        if cv > self._cv_high * scale or share >= self._share_high * scale:
+            return "high_epistemic"
+        if cv <= self._cv_confident * scale and share <= self._share_confident * scale:
+            return "confident"
+        return "moderate_uncertain"
+
+    def _retier(self, uid: str, user: _User, ts: int) -> list[dict[str, Any]]:
+        cv = self._spread(user.pooled.at(ts))
+        share = user.share
+        old = user.tier
+        if old is None:
+            new = self._tier_rule(cv, share, 1.0)
+        else:
+            # Moving toward uncertainty must clear thresholds raised by the margin; moving
+            # toward confidence must clear thresholds lowered by it.
+            up = self._tier_rule(cv, share, 1.0 + self._margin)
+            down = self._tier_rule(cv, share, 1.0 - self._margin)
+            if _RANK[up] > _RANK[old]:
+                new = up
+            elif _RANK[down] < _RANK[old]:
+                new = down
+            else:
+                new = old
+        if new == old:
+            return []
+        user.tier = new
+        return [
+            {
+                "user_id": uid,
+                "segment": user.segment,
+                "from_tier": old,
+                "to_tier": new,
+                "event_ts": ts,
+                "cv": cv,
+                "uncertain_share": share if user.n_flags else None,
+                "n": user.pooled.n,
+            }
+        ]
+
+    def _evict_over_cap(self) -> None:
+        while len(self._users) > self._max_users:
+            uid, user = self._users.popitem(last=False)
+            self._forget(uid, user, self._evicted)
+
+    def _forget(self, uid: str, user: _User, sink: dict[tuple[str, str], None]) -> None:
+        for arm in user.arms:
+            self._dirty.pop((uid, arm), None)
+            sink[(uid, arm)] = None
+
+    def expire(self, before_ts: int) -> list[tuple[str, str]]:
+        """Drop users whose newest event is older than ``before_ts``; return their keys.
+
+        The (user, arm) keys are for tombstones on the compacted posteriors topic. Meant to be
+        driven by the watermark (e.g. ``watermark − idle TTL``): with discounting, an idle
+        user's posterior is back at its prior anyway.
+        """
+        t = _checks.timestamp("before_ts", before_ts)
+        gone: dict[tuple[str, str], None] = {}
+        for uid in [u for u, s in self._users.items() if s.last_ts < t]:
+            self._forget(uid, self._users.pop(uid), gone)
+        return list(gone)
+
+    def drain_evicted(self) -> list[tuple[str, str]]:
+        """(user, arm) keys of users evicted by the ``max_users`` cap since the last drain."""
+        out = list(self._evicted)
+        self._evicted.clear()
+        return out
+
+    def drain_dirty(self, event_ts: int) -> list[dict[str, Any]]:
+        """Snapshots (at ``event_ts``) of the pairs updated since the last drain, in order."""
+        out = [self.snapshot(u, a, event_ts) for u, a in self._dirty]
+        self._dirty.clear()
+        return out
+
+    # ------------------------------------------------------------------ reads
+
+    def population(self, arm: str) -> BetaPosterior | None:
+        """The arm's population posterior (a copy), or ``None`` if the arm was never seen."""
+        pop = self._population.get(arm)
+        return None if pop is None else pop.copy()
+
+    def tier(self, user_id: str) -> str | None:
+        """The user's current tier (``None`` for an unknown user)."""
+        user = self._users.get(user_id)
+        return None if user is None else user.tier
+
+    def uncertain_share(self, user_id: str) -> float | None:
+        """The user's recent conformal-uncertain share (``None``: unknown user or no flags)."""
+        user = self._users.get(user_id)
+        return None if user is None or not user.n_flags else user.share
+
+    def user_segment(self, user_id: str) -> str | None:
+        """The segment of the user's latest event (``None`` for an unknown user)."""
+        user = self._users.get(user_id)
+        return None if user is None else user.segment
+
+    def posterior(
+        self,
+        user_id: str,
+        arm: str,
+        segment: str | None = None,
+        event_ts: int | None = None,
+    ) -> BetaPosterior:
+        """The (user, arm) posterior read at ``event_ts`` (a copy), or the prior it would get.
+
+        For an unknown pair the prior comes from the user's segment, else from ``segment``,
+        else from the global rate. ``user_id="*"`` reads the arm's population posterior.
+        """
+        if user_id == POPULATION:
+            pop = self._population.get(arm)
+            post = pop if pop is not None else self._prior(self._default_rate)
+            return post.at(event_ts)
+        user = self._users.get(user_id)
+        if user is not None and arm in user.arms:
+            return user.arms[arm].at(event_ts)
+        seg = user.segment if user is not None else segment
+        rate = self.global_rate(event_ts) if seg is None else self.segment_rate(seg, arm, event_ts)
+        return self._prior(rate)
+
+    def snapshot(
+        self, user_id: str, arm: str, event_ts: int, segment: str | None = None
+    ) -> dict[str, Any]:
+        """The DESIGN §3 posterior snapshot of (user, arm) at ``event_ts``.
+
+        Unknown pairs get their prior (``n`` 0). ``tier`` is the user's stored tier (the one
+        its tier events announced); for the population, and for unknown users, it is the cv
+        rule applied to the posterior itself.
+        """
+        _checks.identifier("user_id", user_id)
+        _checks.identifier("arm", arm)
+        ts = _checks.timestamp("event_ts", event_ts)
+        post = self.posterior(user_id, arm, segment, ts)
+        user = self._users.get(user_id) if user_id != POPULATION else None
+        tier = user.tier if user is not None and user.tier is not None else None
+        if tier is None:
+            tier = self._tier_rule(self._spread(post), 0.0, 1.0)
+        return {
+            "user_id": user_id,
+            "arm": arm,
+            "alpha": post.alpha,
+            "beta": post.beta,
+            "mean": post.mean,
+            "std": post.std,
+            "n": post.n,
+            "tier": tier,
+            "event_ts": ts,
+        }
+
+    def snapshots(self, event_ts: int) -> Iterator[dict[str, Any]]:
+        """Snapshots of every population and (user, arm) posterior held, at ``event_ts``."""
+        for arm in list(self._population):
+            yield self.snapshot(POPULATION, arm, event_ts)
+        for uid, user in list(self._users.items()):
+            for arm in list(user.arms):
+                yield self.snapshot(uid, arm, event_ts)
+
+    # ------------------------------------------------------------------ persistence
+
+    def user_to_dict(self, user_id: str) -> dict[str, Any] | None:
+        """One user's state (for a per-user table entry); ``None`` for an unknown user."""
+        user = self._users.get(user_id)
+        return None if user is None else {"v": 1, **user.to_dict()}
+
+    def load_user(self, user_id: str, data: Mapping[str, Any]) -> None:
+        """Install a user's state from ``user_to_dict`` (replacing any held state)."""
+        uid = _checks.identifier("user_id", user_id)
+        try:
+            if data.get("v") != 1:
+                raise ValueError(f"unsupported user state version {data.get('v')!r}")
+            user = _User.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, InvalidInputError):
+                raise
+            raise InvalidInputError("schema", f"malformed user state: {exc}") from exc
+        self._users[uid] = user
+        self._users.move_to_end(uid)
+        self._evict_over_cap()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole store as JSON-ready data with version field ``"v": 1``."""
+        return {
+            "v": 1,
+            "config": self.config,
+            "users": [[uid, u.to_dict()] for uid, u in self._users.items()],
+            "population": [[a, p.to_dict()] for a, p in self._population.items()],
+            "global": self._global.to_dict(),
+            "segments": [[g, p.to_dict()] for g, p in self._segments.items()],
+            "segment_arms": [[g, a, p.to_dict()] for (g, a), p in self._segment_arms.items()],
+            "overrides": [[g, r] for g, r in self._overrides.items()],
+            "dirty": [list(k) for k in self._dirty],
+            "evicted": [list(k) for k in self._evicted],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PosteriorStore:
+        """Inverse of ``to_dict``; a malformed dict raises ``InvalidInputError("schema", ...)``."""
+        try:
+            if data.get("v") != 1:
+                raise ValueError(f"unsupported store version {data.get('v')!r}")
+            out = cls(**data["config"])
+            for uid, u in data["users"]:
+                out._users[_checks.identifier("user_id", uid)] = _User.from_dict(u)
+            out._population = {a: BetaPosterior.from_dict(p) for a, p in data["population"]}
+            out._global = BetaPosterior.from_dict(data["global"])
+            out._segments = {g: BetaPosterior.from_dict(p) for g, p in data["segments"]}
+            out._segment_arms = {
+                (g, a): BetaPosterior.from_dict(p) for g, a, p in data["segment_arms"]
+            }
+            for g, r in data["overrides"]:
+                out.set_segment_rate(g, r)
+            out._dirty = {(str(u), str(a)): None for u, a in data["dirty"]}
+            out._evicted = {(str(u), str(a)): None for u, a in data["evicted"]}
+            return out
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, InvalidInputError):
+                raise
+            raise InvalidInputError("schema", f"malformed posterior store state: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return (
+            f"PosteriorStore(users={self.n_users}, pairs={self.n_pairs}, "
+            f"arms={len(self._population)}, segments={len(self._segments)})"
+        )
+
+
+def _config_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1; got {value!r}")
+    return value
+
