@@ -1,0 +1,1 @@
+"""The event-time attribution join: impressions + clicks -> mature feedback (DESIGN §4)."""

@@ -1,0 +1,90 @@
+"""What one call into the attribution join produced (DESIGN §4)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NoReturn
+
+from worker.core.records.click import Click
+from worker.core.records.feedback import Feedback
+
+
+class _FrozenList(list[Any]):
+    """An empty list that refuses to grow.
+
+    ``JoinStep.EMPTY`` is shared by every call that produced nothing (most calls: this is
+    the hot path, and not allocating three lists per event is measurable). A caller that
+    appended to it would leak data into every later empty step, so mutation fails loudly.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise TypeError("JoinStep lists are read-only")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+
+
+_NONE: list[Any] = _FrozenList()
+
+
+class JoinStep:
+    """The outputs of one ``AttributionJoin`` call, in deterministic order.
+
+    ``feedback`` holds mature labels (positives as soon as impression and click have both
+    arrived; negatives in (deadline, arrival sequence) order when the watermark passes
+    their deadline). ``orphans`` holds clicks whose impression never came, each with the
+    opaque ``ref`` the runtime passed in (for the ``orphan_click`` dead letter).
+    ``late_clicks`` holds clicks beyond the window or after their impression was final.
+
+    Treat the lists as read-only: calls that produced nothing return the shared
+    ``JoinStep.EMPTY``, whose lists raise on mutation.
+
+    >>> step = JoinStep()
+    >>> step is JoinStep.EMPTY, bool(step), step.feedback
+    (False, False, [])
+    >>> bool(JoinStep.EMPTY), len(JoinStep.EMPTY.orphans)
+    (False, 0)
+    """
+
+    __slots__ = ("feedback", "late_clicks", "orphans")
+
+    EMPTY: ClassVar[JoinStep]
+
+    feedback: list[Feedback]
+    orphans: list[tuple[Click, object]]
+    late_clicks: list[Click]
+
+    def __init__(
+        self,
+        feedback: list[Feedback] | None = None,
+        orphans: list[tuple[Click, object]] | None = None,
+        late_clicks: list[Click] | None = None,
+    ) -> None:
+        self.feedback = _NONE if feedback is None else feedback
+        self.orphans = _NONE if orphans is None else orphans
+        self.late_clicks = _NONE if late_clicks is None else late_clicks
+
+    def __bool__(self) -> bool:
+        """True when the step carries any output."""
+        return bool(self.feedback or self.orphans or self.late_clicks)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, JoinStep):
+            return NotImplemented
+        return (
+            list(self.feedback) == list(other.feedback)
+            and list(self.orphans) == list(other.orphans)
+            and list(self.late_clicks) == list(other.late_clicks)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"JoinStep(feedback={list(self.feedback)!r}, orphans={list(self.orphans)!r}, "
+            f"late_clicks={list(self.late_clicks)!r})"
+        )
+
+
+JoinStep.EMPTY = JoinStep()
