@@ -1,0 +1,370 @@
+"""Runtime A's routing of input messages to the per-partition attribution joins (no I/O).
+
+The faust agent hands every input message to ``JoinRouter.offer`` and processes what
+``ready`` releases with ``process``; the timer calls ``ready``/``process`` too, and ``tick``
+for the idle watermark advance. ``process`` and ``tick`` return an ``Outcome``: the feedback
+and dead letters to send, and the table records to write. The runtime must deliver the
+outputs *before* it writes the records (a record marks its events as applied; written
+first, a crash in between would lose the outputs), then ack the events.
+
+Idempotency under redelivery (DESIGN §9): a user record carries the offsets of the last
+impression and click applied to it; a redelivered message at or below them is skipped
+(counted as ``redelivered``). What a crash between "outputs delivered" and "records written"
+can still cause is a repeat of those outputs, byte-identical (feedback is deterministic);
+never a loss. The per-partition clock is persisted less often than the users and never
+ahead of them (see ``worker.runtime.state``): a restored older clock only means a lower
+watermark, i.e. labels that mature a little later, never a label lost or changed.
+
+This module does no maths: the decoder validates, the join labels.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from worker.core.codec.input_decoder import InputDecoder
+from worker.core.errors import InvalidInputError
+from worker.core.join.attribution_join import AttributionJoin
+from worker.core.join.join_step import JoinStep
+from worker.core.records.click import Click
+from worker.core.records.dead_letter import DeadLetter
+from worker.core.records.feedback import Feedback
+from worker.core.records.impression import Impression
+from worker.runtime.merge import BacklogProbe, EventTimeMerger, InputEvent, _unknown
+from worker.runtime.state import NO_OFFSET, clock_record, user_record
+from worker.runtime.topics import TopicNames
+from worker.settings import Settings
+
+_SOURCE_INDEX = {"impressions": 0, "clicks": 1}
+#: Largest original payload kept whole in a dead letter. Base64 grows it by 4/3 and Kafka's
+#: default message limit is 1 MB: a bigger dead letter would be refused by the broker and
+#: crash the worker on every restart. A longer payload is cut here (the error says so); the
+#: dead letter's topic/partition/offset still point at the original message.
+DLQ_MAX_PAYLOAD_BYTES = 256 * 1024
+
+
+def iso_utc(wall_ms: int) -> str:
+    """Wall-clock milliseconds as ISO 8601 UTC (``received_at`` of dead letters).
+
+    >>> iso_utc(0)
+    '1970-01-01T00:00:00.000Z'
+    """
+    return (
+        datetime.fromtimestamp(wall_ms / 1000, tz=timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def key_text(key: bytes | None) -> str | None:
+    """A message key for the dead letter's ``key`` field (undecodable bytes escaped)."""
+    if key is None:
+        return None
+    return key.decode("utf-8", errors="backslashreplace")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """The join and decoder settings the router needs (built from ``Settings``)."""
+
+    window_ms: int = 1_800_000
+    allowed_lateness_ms: int = 60_000
+    idle_timeout_ms: int = 30_000
+    max_message_bytes: int = 65_536
+    max_future_ms: int = 3_600_000
+    merge_max_wait_ms: int = 1_000
+    merge_max_backlog_wait_ms: int = 30_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RouterConfig:
+        return cls(
+            window_ms=settings.window_ms,
+            allowed_lateness_ms=settings.lateness_ms,
+            idle_timeout_ms=settings.idle_timeout_ms,
+            max_message_bytes=settings.max_message_bytes,
+            max_future_ms=int(settings.max_future_s * 1000),
+        )
+
+
+@dataclass
+class Outcome:
+    """What one ``process``/``tick`` call produced for one partition.
+
+    ``dead_letters`` pairs each letter with the Kafka key to send it under (the original
+    message key). ``writes`` maps user ids (state-table keys) to their new record (None:
+    delete the key), in the order to write them. ``events`` counts input messages by
+    (source, outcome): ``accepted`` (reached the join), ``dead_letter`` (rejected) or
+    ``redelivered`` (skipped: already applied before a restart).
+    """
+
+    partition: int
+    feedback: list[Feedback] = field(default_factory=list)
+    dead_letters: list[tuple[bytes | None, DeadLetter]] = field(default_factory=list)
+    writes: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    late_clicks: int = 0
+    events: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+class _Partition:
+    __slots__ = ("join", "merger", "offsets")
+
+    def __init__(self, join: AttributionJoin, merger: EventTimeMerger) -> None:
+        self.join = join
+        self.merger = merger
+        # user_id -> [impressions_offset, clicks_offset] of every user that has a record.
+        self.offsets: dict[str, list[int]] = {}
+
+
+class JoinRouter:
+    """Decodes input messages and drives one ``AttributionJoin`` per assigned partition.
+
+    >>> from worker.runtime.topics import TopicNames
+    >>> router = JoinRouter(RouterConfig(window_ms=1_000, allowed_lateness_ms=0),
+    ...                     TopicNames("imp", "clk", "fb", "dlq"))
+    >>> router.assign(0, None, [])
+    >>> def msg(source, offset, raw):
+    ...     return InputEvent(source, source[:3], 0, offset, b"u1", raw, 0)
+    >>> router.offer(msg("impressions", 0,
+    ...     b'{"impression_id":"i1","user_id":"u1","item_id":"x","ts":100,"score":0.2}'))
+    >>> router.offer(msg("clicks", 0, b'{"impression_id":"i1","user_id":"u1","ts":400}'))
+    >>> out = router.process(0, router.ready(0, 0, drain=True), wall_ms=0)
+    >>> [(f.impression.impression_id, f.label) for f in out.feedback], list(out.writes)
+    ([('i1', 1)], ['u1'])
+    """
+
+    def __init__(self, config: RouterConfig, names: TopicNames) -> None:
+        self._config = config
+        self._names = names
+        self._decoder = InputDecoder(
+            max_message_bytes=config.max_message_bytes, max_future_ms=config.max_future_ms
+        )
+        self._parts: dict[int, _Partition] = {}
+
+    # -- partitions ----------------------------------------------------------------------
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        return frozenset(self._parts)
+
+    def assign(
+        self, partition: int, clock: dict[str, Any] | None, records: Iterable[dict[str, Any]]
+    ) -> None:
+        """(Re)build a partition's join from its persisted clock and user records."""
+        cfg = self._config
+        join = AttributionJoin(
+            window_ms=cfg.window_ms,
+            allowed_lateness_ms=cfg.allowed_lateness_ms,
+            idle_timeout_ms=cfg.idle_timeout_ms,
+        )
+        records = list(records)
+        join.restore(clock, (record["s"] for record in records))
+        part = _Partition(
+            join, EventTimeMerger(cfg.merge_max_wait_ms, cfg.merge_max_backlog_wait_ms)
+        )
+        for record in records:
+            part.offsets[record["s"]["user_id"]] = list(record["o"])
+        old = self._parts.get(partition)
+        if old is not None and len(old.merger):
+            # Buffered messages were never applied nor acked; keep them in order.
+            for event in old.merger.clear():
+                part.merger.push(event)
+        self._parts[partition] = part
+
+    def revoke(self, partition: int) -> list[InputEvent]:
+        """Forget a partition; returns its buffered (unprocessed, unacked) messages."""
+        part = self._parts.pop(partition, None)
+        return [] if part is None else part.merger.clear()
+
+    def join(self, partition: int) -> AttributionJoin:
+        return self._parts[partition].join
+
+    def buffered(self, partition: int) -> int:
+        return len(self._parts[partition].merger)
+
+    def state_size(self, partition: int) -> int:
+        return self._parts[partition].join.state_size()
+
+    def watermark(self, partition: int) -> float:
+        return self._parts[partition].join.watermark
+
+    def clock_record(self, partition: int) -> dict[str, Any]:
+        return clock_record(partition, self._parts[partition].join.export_clock())
+
+    # -- messages ------------------------------------------------------------------------
+
+    def offer(self, event: InputEvent) -> None:
+        """Decode a message and queue it for its partition (KeyError: not assigned)."""
+        part = self._parts[event.partition]
+        self._decode(event)
+        part.merger.push(event)
+
+    def ready(
+        self,
+        partition: int,
+        wall_ms: int,
+        *,
+        drain: bool = False,
+        backlog: BacklogProbe = _unknown,
+    ) -> list[InputEvent]:
+        """The queued messages to process now, in order (see ``EventTimeMerger``)."""
+        return self._parts[partition].merger.pop_ready(wall_ms, drain=drain, backlog=backlog)
+
+    def _decode(self, event: InputEvent) -> None:
+        decoder = self._decoder
+        try:
+            if event.source == "impressions":
+                obj: Impression | Click = decoder.decode_impression(
+                    event.raw, key=event.key, now_ms=event.received_ms
+                )
+            else:
+                obj = decoder.decode_click(event.raw, key=event.key, now_ms=event.received_ms)
+        except InvalidInputError as exc:
+            event.error = exc
+            return
+        if event.key is None:
+            # Unkeyed input lands on an arbitrary partition, away from its user's state.
+            event.error = InvalidInputError(
+                "key_mismatch",
+                f"message has no key; it must be keyed by its user_id {obj.user_id!r}",
+            )
+            return
+        event.decoded = obj
+
+    def process(self, partition: int, events: Iterable[InputEvent], wall_ms: int) -> Outcome:
+        """Apply released messages (in order) to the partition's join."""
+        part = self._parts[partition]
+        join = part.join
+        offsets = part.offsets
+        out = Outcome(partition)
+        touched: dict[str, list[int]] = {}
+        for event in events:
+            source = event.source
+            obj = event.decoded
+            if obj is None:
+                err = event.error
+                assert err is not None, "a released message is either decoded or rejected"
+                out.events[(source, "dead_letter")] += 1
+                letter = self._letter(event, key_text(event.key), err.reason, str(err), wall_ms)
+                out.dead_letters.append((event.key, letter))
+                continue
+            uid = obj.user_id
+            index = _SOURCE_INDEX[source]
+            applied = touched.get(uid) or offsets.get(uid)
+            if applied is not None and event.offset <= applied[index]:
+                out.events[(source, "redelivered")] += 1
+                continue
+            try:
+                if isinstance(obj, Impression):
+                    step = join.add_impression(obj, wall_ms=wall_ms)
+                else:
+                    ref = [event.offset, base64.b64encode(event.raw).decode("ascii")]
+                    step = join.add_click(obj, ref=ref, wall_ms=wall_ms)
+            except InvalidInputError as exc:  # late_impression: the join keeps no trace
+                out.events[(source, "dead_letter")] += 1
+                out.dead_letters.append(
+                    (event.key, self._letter(event, uid, exc.reason, str(exc), wall_ms))
+                )
+            else:
+                out.events[(source, "accepted")] += 1
+                self._collect(partition, step, out, wall_ms)
+            new = list(applied) if applied is not None else [NO_OFFSET, NO_OFFSET]
+            new[index] = event.offset
+            touched[uid] = new
+        self._writes(part, partition, touched, out)
+        return out
+
+    def tick(self, partition: int, wall_ms: int) -> Outcome:
+        """Idle watermark advance on wall time (call only when nothing is queued)."""
+        part = self._parts[partition]
+        out = Outcome(partition)
+        self._collect(partition, part.join.tick(wall_ms), out, wall_ms)
+        self._writes(part, partition, {}, out)
+        return out
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _collect(self, partition: int, step: JoinStep, out: Outcome, wall_ms: int) -> None:
+        if not step:
+            return
+        out.feedback.extend(step.feedback)
+        out.late_clicks += len(step.late_clicks)
+        for click, ref in step.orphans:
+            offset, payload = _unpack_ref(ref, click)
+            letter = DeadLetter(
+                source_topic=self._names.clicks,
+                partition=partition,
+                offset=offset,
+                key=click.user_id,
+                reason="orphan_click",
+                error=(
+                    f"click for impression {click.impression_id!r} of user {click.user_id!r} "
+                    "found no impression within the attribution window"
+                ),
+                payload=payload,
+                received_at=iso_utc(wall_ms),
+            )
+            out.dead_letters.append((click.user_id.encode("utf-8"), letter))
+
+    def _writes(
+        self, part: _Partition, partition: int, touched: dict[str, list[int]], out: Outcome
+    ) -> None:
+        join = part.join
+        offsets = part.offsets
+        dirty = join.dirty_users()
+        # Users changed only through the watermark first, the users whose own messages
+        # were applied last: the changelog partition keeps this order, so a persisted
+        # record of a message's user implies the whole batch was persisted before it.
+        ordered = [uid for uid in dirty if uid not in touched]
+        ordered.sort()
+        ordered.extend(touched)
+        for uid in ordered:
+            state = join.export_user(uid)
+            if state is None:
+                if offsets.pop(uid, None) is not None:
+                    out.writes[uid] = None
+                continue
+            applied = touched.get(uid) or offsets.get(uid) or [NO_OFFSET, NO_OFFSET]
+            offsets[uid] = applied
+            out.writes[uid] = user_record(partition, applied, state)
+
+    def _letter(
+        self, event: InputEvent, key: str | None, reason: str, error: str, wall_ms: int
+    ) -> DeadLetter:
+        payload = event.raw
+        if len(payload) > DLQ_MAX_PAYLOAD_BYTES:
+            error = (
+                f"{error} [payload cut to its first {DLQ_MAX_PAYLOAD_BYTES} of {len(payload)} "
+                "bytes; the original is at source_topic/partition/offset]"
+            )
+            payload = payload[:DLQ_MAX_PAYLOAD_BYTES]
+        return DeadLetter(
+            source_topic=event.topic,
+            partition=event.partition,
+            offset=event.offset,
+            key=key,
+            reason=reason,
+            error=error,
+            payload=payload,
+            received_at=iso_utc(wall_ms),
+        )
+
+
+def _unpack_ref(ref: object, click: Click) -> tuple[int | None, bytes]:
+    """(offset, original payload) from an orphan's ref; tolerant of a foreign ref shape,
+    because a dead letter must never be dropped."""
+    if isinstance(ref, list) and len(ref) == 2 and isinstance(ref[1], str):
+        try:
+            payload = base64.b64decode(ref[1], validate=True)
+        except (binascii.Error, ValueError):
+            payload = None
+        if payload is not None:
+            return (ref[0] if isinstance(ref[0], int) else None), payload
+    return None, orjson.dumps(click.to_dict())
