@@ -18,6 +18,7 @@ _SUBCOMMAND_MODULES = (
     "worker.runtime.cli",
     "worker.localkafka.cli",
     "worker.sim.cli",
+    "worker.demo",
 )
 
 
