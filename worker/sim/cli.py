@@ -14,24 +14,30 @@ Examples::
         --drift-temperature 0.8 --duplicates 0.01 --reorder-ms 30000 --malformed 0.005 \\
         --orphans 0.01 --out big.jsonl
     recal simulate --events 1000 | head
+    recal simulate --events 100000 --start-ts $(date +%s000) --to-kafka 127.0.0.1:9092
 
 With ``--out FILE`` the expected-outcomes manifest ``FILE.expected.json`` is written next to
-it; the one-line summary goes to stderr either way.
+it; the one-line summary goes to stderr either way. With ``--to-kafka BOOTSTRAP`` the stream
+is produced to ``<prefix>impressions`` and ``<prefix>clicks`` keyed by user_id
+(``worker.sim.kafka_sink``; the topics must exist) instead of stdout, or in addition to
+``--out FILE``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from worker.core.errors import ConfigError
 from worker.sim.scenario import SCORE_FIELDS, Scenario
-from worker.sim.streamrec import manifest_path, write_jsonl
+from worker.sim.streamrec import SimEvent, SimSummary, generate, manifest_path, write_jsonl
 
 #: Outputs at least this large show progress on a terminal.
 _PROGRESS_MIN_EVENTS = 100_000
@@ -121,6 +127,11 @@ def add_parser(subparsers: Any) -> None:
     g.add_argument("--no-manifest", action="store_true",
                    help="do not write the FILE.expected.json manifest")
     g.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
+    g.add_argument("--to-kafka", metavar="BOOTSTRAP", default=None,
+                   help="produce the stream to Kafka at host:port (impressions and clicks "
+                   "topics, keyed by user_id) instead of stdout, or after writing --out FILE")
+    g.add_argument("--topic-prefix", default=os.environ.get("RECAL_TOPIC_PREFIX", "recal."),
+                   help="prefix of the topic names with --to-kafka ($RECAL_TOPIC_PREFIX)")
     p.set_defaults(func=run)
 
 
@@ -192,7 +203,10 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"recal simulate: error: {exc}", file=sys.stderr)
         return 2
+    to_kafka = getattr(args, "to_kafka", None)
     to_stdout = args.out == "-"
+    if to_kafka is not None and to_stdout:
+        return _run_to_kafka(args, scenario, to_kafka)
     progress = None
     if not args.quiet and sys.stderr.isatty() and scenario.n_events >= _PROGRESS_MIN_EVENTS:
         progress = _Progress(scenario.n_events)
@@ -220,5 +234,55 @@ def run(args: argparse.Namespace) -> int:
             "lines_per_second": round(summary.lines / max(elapsed, 1e-9)),
             **summary.to_dict(),
         }
+        sys.stderr.write(orjson.dumps(info).decode() + "\n")
+    if to_kafka is not None:
+        return _run_to_kafka(args, scenario, to_kafka)
+    return 0
+
+
+class _SendProgress:
+    """``progress(sent, acked)`` of the Kafka sink as a one-line meter on stderr."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.last = 0.0
+
+    def __call__(self, sent: int, acked: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < 0.25:
+            return
+        self.last = now
+        rate = sent / max(now - self.start, 1e-9)
+        sys.stderr.write(f"\rsimulate: {sent:,} sent, {acked:,} acknowledged, {rate:,.0f} msg/s")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\n")
+
+
+def _run_to_kafka(args: argparse.Namespace, scenario: Scenario, bootstrap: str) -> int:
+    """Produce the scenario's stream to Kafka; 0 when every message was acknowledged."""
+    from worker.sim.kafka_sink import KafkaSinkError, send_to_kafka
+
+    summary = SimSummary(scenario)
+
+    def counted() -> Iterator[SimEvent]:
+        for ev in generate(scenario):
+            summary.add(ev)
+            yield ev
+
+    progress = _SendProgress() if not args.quiet and sys.stderr.isatty() else None
+    try:
+        sent = asyncio.run(
+            send_to_kafka(counted(), bootstrap, args.topic_prefix, progress=progress)
+        )
+    except KafkaSinkError as exc:
+        print(f"recal simulate: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if progress is not None:
+            progress.done()
+    if not args.quiet:
+        info = {"to_kafka": bootstrap, "kafka": sent.to_dict(), **summary.to_dict()}
         sys.stderr.write(orjson.dumps(info).decode() + "\n")
     return 0
