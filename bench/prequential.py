@@ -1,0 +1,418 @@
+"""Prequential evaluation of recal's recalibration policy against batch baselines.
+
+Two StreamRec streams (``worker.sim``) are replayed through the real replay runtime
+(``worker.replay.run_replay``: join -> feedback -> ``RecalibrationPolicy`` ->
+``calibrators.jsonl``), and every feedback event is then scored *prequentially*: with the
+newest calibrator version whose ``event_ts`` is <= the impression's ``ts`` (what serving
+would have applied at that moment), resolved user -> segment -> global -> identity as
+serving does.
+
+Streams (same world, seed 7):
+
+- ``drift``: calibrated (served logit = true logit) until the midpoint impression, then
+  over-confident, served logit = 1.6 x true logit (``drift_temperature``);
+- ``stationary``: calibrated throughout.
+
+Both carry a segment of *new users* (``new``): 10% of 20,000 users, arriving from a quarter
+of the stream on, about 5 impressions each, whose model logit is biased by +0.6 (the model
+over-predicts for cold-start users), next to the established ``web`` (60%) and ``app`` (40%)
+users.
+
+Scenario choices: 400,000 impressions at 0.15 impressions/s, i.e. 30.9 days of event time,
+so the "weekly" baseline refits four times; a 300 s attribution window (click delays
+exponential with mean 20 s, no late clicks, so labels are exactly Bernoulli(true p)), and
+60 s allowed lateness: a negative matures ~360 s (~54 impressions) after its impression.
+recal runs with its defaults (``PolicyConfig()``; ``--recalibrate-every`` is the replay
+flag, default 1,000) except the sketch half-life, 7 days instead of 24 h: the default is
+meant for production rates (>= 10 impressions/s, millions of events a day), while at
+0.15/s a day holds 13k events, too few for a calibrator precise to the ECE floor of
+400k events (~0.002). Abrupt changes do not depend on the half-life: the policy's change
+test restarts the sketch at a detected change point.
+
+Methods (rows):
+
+- ``identity``: no recalibration, the served score;
+- ``weekly-T``: a batch temperature refit at every 7-day boundary of event time on the
+  previous week's feedback (labels known by then), applied from that boundary on;
+- ``iso-50k``: a batch isotonic refit every 50,000 feedback events on the previous 50,000,
+  applied from the event time of the refit on;
+- ``recal``: the versions of ``calibrators.jsonl``;
+- ``oracle-T`` and ``oracle``: hindsight oracles, a temperature (``oracle-T``) or a Platt
+  calibrator (temperature and intercept, ``oracle``) per segment fitted on the evaluated
+  window itself (in-sample: they cannot be served, they mark what one calibrator per
+  segment could have achieved on exactly these events). The criterion uses the Platt one,
+  the stricter: the new-user segment's miscalibration is a bias that no temperature
+  removes. Being fitted in-sample, it can score below the true probabilities themselves.
+
+Windows: all feedback, the 20,000 impressions from the drift point (on the stationary stream:
+the same impression indices), and the new-user segment. ``true p`` is the ECE of the true
+probabilities on the same events (the realised floor), ``floor95`` the 95th percentile of a
+perfectly calibrated predictor's ECE there (``ece_floor_quantile`` of the true
+probabilities). Cells are ECE (15 bins) and NLL of each method on the window's events.
+
+Done criteria (PASS/FAIL): on the drift stream, recal's ECE over the 20k impressions after
+the drift <= 1.5 x the oracle's; on the stationary stream, recal's overall ECE <= floor95.
+recal runs with the scheduled policy only: no drift detector requests a refit here.
+
+Run:  .venv/bin/python bench/prequential.py [--quick] [--seeds 7,8,9] [--out DIR] [--events N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worker.core.calibrators import (
+    Calibrator,
+    IsotonicCalibrator,
+    PlattCalibrator,
+    TemperatureCalibrator,
+    calibrator_from_dict,
+)
+from worker.core.metrics import calibration_metrics, ece_floor_quantile
+from worker.core.policy import PolicyConfig
+from worker.replay import ReplayConfig, run_replay
+from worker.sim.scenario import Scenario, Segment
+from worker.sim.streamrec import write_jsonl
+
+WEEK_MS = 7 * 86_400_000
+WINDOW_MS = 300_000
+POST_DRIFT = 20_000
+ISO_EVERY = 50_000
+POLICY = PolicyConfig(half_life_ms=7 * 86_400_000.0)
+
+
+def scenario(kind: str, n_events: int, seed: int = 7) -> Scenario:
+    """The bench's StreamRec scenario (see the module docstring)."""
+    drift = kind == "drift"
+    return Scenario(
+        n_events=n_events,
+        n_users=20_000,
+        n_items=2_000,
+        seed=seed,
+        events_per_second=0.15,
+        segments=(Segment("web", 0.6), Segment("app", 0.4)),
+        new_user_share=0.1,
+        new_users_from=0.25,
+        new_user_mean_events=5.0,
+        new_user_model_bias=0.6,
+        temperature=1.0,
+        drift_at_event=n_events // 2 if drift else None,
+        drift_temperature=1.6 if drift else None,
+        attribution_window_ms=WINDOW_MS,
+        click_delay_mean_ms=20_000.0,
+        late_click_share=0.0,
+        score_field="both",
+    )
+
+
+# ---------------------------------------------------------------------- data
+
+
+@dataclass
+class Stream:
+    """The feedback of one replay, in emission order, with the truth joined back."""
+
+    index: np.ndarray  # impression index in the generated sequence
+    ts: np.ndarray
+    label_ts: np.ndarray
+    logit: np.ndarray
+    score: np.ndarray
+    y: np.ndarray
+    true_p: np.ndarray
+    segment: np.ndarray  # object array of names
+    user: np.ndarray  # object array of ids
+    calibrators: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def true_probabilities(events: Path, n: int) -> np.ndarray:
+    """``context.true_p`` of every impression, by impression index."""
+    out = np.full(n, np.nan)
+    with open(events, "rb") as fh:
+        for line in fh:
+            if b'"impression"' not in line[:30]:
+                continue
+            obj = orjson.loads(line)
+            out[int(obj["impression_id"].rsplit("-", 1)[1])] = obj["context"]["true_p"]
+    return out
+
+
+def replay_stream(sc: Scenario, work: Path, recalibrate_every: int,
+                  policy: PolicyConfig | None, log: Callable[[str], None]) -> Stream:
+    events = work / "events.jsonl"
+    t0 = time.perf_counter()
+    write_jsonl(sc, events)
+    log(f"  generated {sc.n_events:,} impressions in {time.perf_counter() - t0:.1f}s")
+    out = work / "out"
+    config = ReplayConfig(window_ms=WINDOW_MS, recalibrate_every=recalibrate_every,
+                          policy=policy)
+    t0 = time.perf_counter()
+    summary = run_replay(events, out, config).to_dict()
+    log(f"  replayed in {time.perf_counter() - t0:.1f}s "
+        f"({summary['calibrators_total']} calibrator versions: {summary['calibrators']})")
+    truth = true_probabilities(events, sc.n_events)
+    rows = [orjson.loads(line) for line in (out / "feedback.jsonl").read_bytes().splitlines()]
+    cal = [orjson.loads(line) for line in (out / "calibrators.jsonl").read_bytes().splitlines()]
+    index = np.array([int(r["impression_id"].rsplit("-", 1)[1]) for r in rows])
+    return Stream(
+        index=index,
+        ts=np.array([r["ts"] for r in rows], dtype=np.int64),
+        label_ts=np.array([r["label_ts"] for r in rows], dtype=np.int64),
+        logit=np.array([r["logit"] for r in rows]),
+        score=np.array([r["score"] for r in rows]),
+        y=np.array([r["label"] for r in rows], dtype=np.float64),
+        true_p=truth[index],
+        segment=np.array([r["segment"] for r in rows], dtype=object),
+        user=np.array([r["user_id"] for r in rows], dtype=object),
+        calibrators=cal,
+        summary=summary,
+    )
+
+
+# ---------------------------------------------------------------------- prequential scoring
+
+
+def apply_versions(versions: list[tuple[int, Calibrator]], ts: np.ndarray,
+                   score: np.ndarray, rows: np.ndarray, out: np.ndarray,
+                   done: np.ndarray) -> None:
+    """For ``rows`` not yet ``done``: apply the newest version with event_ts <= ts."""
+    if not versions or rows.size == 0:
+        return
+    rows = rows[~done[rows]]
+    if rows.size == 0:
+        return
+    times = np.array([t for t, _ in versions], dtype=np.int64)
+    which = np.searchsorted(times, ts[rows], side="right") - 1
+    for k in np.unique(which):
+        if k < 0:
+            continue
+        sel = rows[which == k]
+        out[sel] = versions[int(k)][1].apply(score[sel])
+        done[sel] = True
+
+
+def served_by_recal(s: Stream) -> np.ndarray:
+    """What serving would have returned for every feedback event: user -> segment -> global
+    -> identity, each the newest version with ``event_ts <= ts``."""
+    by_key: dict[str, list[tuple[int, Calibrator]]] = defaultdict(list)
+    for m in s.calibrators:
+        by_key[m["scope"]].append((int(m["event_ts"]), calibrator_from_dict(m)))
+    for v in by_key.values():
+        v.sort(key=lambda e: e[0])  # stable: emission order among equal event_ts
+    n = s.ts.size
+    out = s.score.copy()
+    done = np.zeros(n, dtype=bool)
+    users = [k for k in by_key if k.startswith("user:")]
+    if users:
+        pos: dict[str, list[int]] = defaultdict(list)
+        wanted = {k[len("user:"):] for k in users}
+        for i, u in enumerate(s.user.tolist()):
+            if u in wanted:
+                pos[u].append(i)
+        for u, idx in pos.items():
+            apply_versions(by_key["user:" + u], s.ts, s.score, np.array(idx), out, done)
+    for seg in sorted(set(s.segment.tolist())):
+        rows = np.flatnonzero(s.segment == seg)
+        apply_versions(by_key.get("segment:" + seg, []), s.ts, s.score, rows, out, done)
+    apply_versions(by_key.get("global", []), s.ts, s.score, np.arange(n), out, done)
+    return out
+
+
+def weekly_temperature(s: Stream) -> np.ndarray:
+    """Batch temperature refit at every week boundary on the previous week's feedback."""
+    start = int(s.ts.min())
+    versions: list[tuple[int, Calibrator]] = []
+    b = start + WEEK_MS
+    while b <= int(s.ts.max()):
+        sel = (s.label_ts <= b) & (s.ts >= b - WEEK_MS) & (s.ts < b)
+        if sel.sum() > 100:
+            versions.append((b, TemperatureCalibrator.fit_scores(s.score[sel], s.y[sel])))
+        b += WEEK_MS
+    out = s.score.copy()
+    apply_versions(versions, s.ts, s.score, np.arange(s.ts.size), out,
+                   np.zeros(s.ts.size, dtype=bool))
+    return out
+
+
+def isotonic_every(s: Stream, every: int = ISO_EVERY) -> np.ndarray:
+    """Batch isotonic refit every ``every`` feedback events on the previous ``every``."""
+    versions: list[tuple[int, Calibrator]] = []
+    watermark = np.maximum.accumulate(np.maximum(s.label_ts, s.ts))
+    for end in range(every, s.ts.size + 1, every):
+        sl = slice(end - every, end)
+        versions.append((int(watermark[end - 1]),
+                         IsotonicCalibrator.fit_scores(s.score[sl], s.y[sl])))
+    out = s.score.copy()
+    apply_versions(versions, s.ts, s.score, np.arange(s.ts.size), out,
+                   np.zeros(s.ts.size, dtype=bool))
+    return out
+
+
+def oracle(s: Stream, rows: np.ndarray, cls: type[Calibrator] = PlattCalibrator) -> np.ndarray:
+    """Hindsight: a calibrator per segment fitted on the evaluated rows themselves."""
+    out = np.empty(rows.size)
+    segs = s.segment[rows]
+    for seg in sorted(set(segs.tolist())):
+        sel = segs == seg
+        r = rows[sel]
+        out[sel] = cls.fit_scores(s.score[r], s.y[r]).apply(s.score[r])
+    return out
+
+
+# ---------------------------------------------------------------------- report
+
+
+@dataclass
+class Cell:
+    ece: float
+    nll: float
+
+
+@dataclass
+class Window:
+    name: str
+    n: int
+    floor: float
+    floor95: float
+    cells: dict[str, Cell]
+
+
+def evaluate(s: Stream, sc: Scenario, n_sims: int) -> list[Window]:
+    preds = {
+        "identity": s.score,
+        "weekly-T": weekly_temperature(s),
+        "iso-50k": isotonic_every(s),
+        "recal": served_by_recal(s),
+    }
+    drift_at = sc.n_events // 2
+    windows = {
+        "all": np.arange(s.ts.size),
+        f"{POST_DRIFT // 1000}k after drift": np.flatnonzero(
+            (s.index >= drift_at) & (s.index < drift_at + POST_DRIFT)
+        ),
+        "new users": np.flatnonzero(s.segment == "new"),
+    }
+    out = []
+    for name, rows in windows.items():
+        y = s.y[rows]
+        cells = {}
+        hindsight: dict[str, type[Calibrator]] = {
+            "oracle-T": TemperatureCalibrator, "oracle": PlattCalibrator
+        }
+        for method, p in [*preds.items(), ("oracle-T", None), ("oracle", None)]:
+            q = oracle(s, rows, hindsight[method]) if p is None else p[rows]
+            r = calibration_metrics(q, y)
+            cells[method] = Cell(r.ece, r.nll)
+        floor = calibration_metrics(s.true_p[rows], y)
+        f95 = ece_floor_quantile(s.true_p[rows], q=0.95, n_sims=n_sims, seed=0)
+        out.append(Window(name, int(rows.size), floor.ece, f95, cells))
+    return out
+
+
+METHODS = ("identity", "weekly-T", "iso-50k", "recal", "oracle-T", "oracle")
+
+
+def table(kind: str, windows: list[Window]) -> str:
+    lines = [f"stream: {kind}",
+             f"{'window':<20}{'n':>8}{'true p':>8}{'floor95':>9}  " + "".join(
+                 f"{m:>18}" for m in METHODS),
+             f"{'':<20}{'':>8}{'':>8}{'':>9}  " + "".join(f"{'ECE    NLL':>18}"
+                                                          for _ in METHODS)]
+    for w in windows:
+        cells = "".join(f"{w.cells[m].ece:>10.4f}{w.cells[m].nll:>8.4f}" for m in METHODS)
+        lines.append(f"{w.name:<20}{w.n:>8,}{w.floor:>8.4f}{w.floor95:>9.4f}  {cells}")
+    return "\n".join(lines)
+
+
+def versions_summary(s: Stream) -> str:
+    by: dict[str, list[str]] = defaultdict(list)
+    for m in s.calibrators:
+        by[m["scope"]].append(f"v{m['version']}:{m['method']}/{m['reason'][:5]}")
+    parts = [f"{k} ({len(v)}): {', '.join(v[:8])}{' ...' if len(v) > 8 else ''}"
+             for k, v in sorted(by.items()) if not k.startswith("user:")]
+    users = sum(1 for k in by if k.startswith("user:"))
+    lines = ["  versions: " + p for p in parts]
+    return "\n".join([*lines, f"  user scopes with versions: {users}"])
+
+
+def _non_defaults(cfg: PolicyConfig) -> str:
+    base = PolicyConfig().to_dict()
+    diff = {k: v for k, v in cfg.to_dict().items() if base[k] != v}
+    return ", ".join(f"{k}={v:,.0f}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in diff.items()) or "none"
+
+
+def criteria(kind: str, windows: list[Window]) -> tuple[bool, str] | None:
+    """The done criterion of a stream, as (passed, message)."""
+    w = {x.name: x for x in windows}
+    if kind == "drift":
+        post = w[f"{POST_DRIFT // 1000}k after drift"]
+        rec, orc = post.cells["recal"].ece, post.cells["oracle"].ece
+        return rec <= 1.5 * orc, (
+            f"drift: recal ECE over the {POST_DRIFT:,} impressions after the drift {rec:.4f} "
+            f"<= 1.5 x oracle {orc:.4f} = {1.5 * orc:.4f} (oracle-T "
+            f"{post.cells['oracle-T'].ece:.4f}, true p {post.floor:.4f})"
+        )
+    if kind == "stationary":
+        a = w["all"]
+        return a.cells["recal"].ece <= a.floor95, (
+            f"stationary: recal ECE {a.cells['recal'].ece:.4f} <= floor95 {a.floor95:.4f} "
+            f"(n={a.n:,}; true p {a.floor:.4f})"
+        )
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=400_000, help="impressions per stream")
+    ap.add_argument("--recalibrate-every", type=int, default=1000)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 60k impressions")
+    ap.add_argument("--out", type=Path, default=None, help="keep the replay outputs here")
+    ap.add_argument("--streams", default="drift,stationary")
+    ap.add_argument("--seeds", default="7", help="comma-separated scenario seeds")
+    args = ap.parse_args(argv)
+    n = 60_000 if args.quick else args.events
+    n_sims = 300 if args.quick else 2000
+    log = print
+    log(__doc__.split("\n")[0])
+    log(f"impressions per stream: {n:,}; recalibrate_every={args.recalibrate_every}; "
+        f"attribution window {WINDOW_MS // 1000}s; 0.15 impressions/s "
+        f"({n / 0.15 / 86400:.1f} days); policy: defaults except {_non_defaults(POLICY)}")
+    verdicts: list[tuple[bool, str]] = []
+    with tempfile.TemporaryDirectory(prefix="recal-prequential-") as tmp:
+        base = args.out if args.out is not None else Path(tmp)
+        for seed in (int(x) for x in args.seeds.split(",")):
+            for kind in args.streams.split(","):
+                sc = scenario(kind, n, seed=seed)
+                log(f"\n[{kind}, seed {seed}]")
+                work = base / f"{kind}-{seed}"
+                work.mkdir(parents=True, exist_ok=True)
+                s = replay_stream(sc, work, args.recalibrate_every, POLICY, log)
+                windows = evaluate(s, sc, n_sims)
+                log(table(kind, windows))
+                log(versions_summary(s))
+                verdict = criteria(kind, windows)
+                if verdict is not None:
+                    verdicts.append((verdict[0], f"seed {seed}: {verdict[1]}"))
+    suffix = "  (quick smoke run: indicative only)" if args.quick else ""
+    log("")
+    for ok, text in verdicts:
+        log(f"{'PASS' if ok else 'FAIL'}  {text}{suffix}")
+    return 0 if all(ok for ok, _ in verdicts) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,341 @@
+"""RecalibrationPolicy: what it publishes, when, and that it survives a restart."""
+
+from __future__ import annotations
+
+import doctest
+import hashlib
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+import worker.core.policy.policy_config as policy_config_module
+import worker.core.policy.recalibration_policy as policy_module
+from worker.core.calibrators import TemperatureCalibrator, calibrator_from_dict
+from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.policy import PolicyConfig, RecalibrationPolicy
+from worker.core.records.feedback import Feedback
+from worker.core.records.impression import Impression
+
+from .streams import CREATED_AT, DAY_MS, START_MS, make_events, run, schema_validator
+
+GRID = np.linspace(-5.0, 2.0, 29)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def served_p(msg: dict[str, Any] | None, z: np.ndarray) -> np.ndarray:
+    if msg is None:
+        return sigmoid(z)
+    return np.asarray(calibrator_from_dict(msg).apply_logit(z))
+
+
+def by_key(msgs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for m in msgs:
+        out[(m["model_id"], m["scope"])].append(m)
+    return out
+
+
+def check_messages(msgs: list[dict[str, Any]]) -> None:
+    """The contract of every version message (DESIGN §3 and the schema)."""
+    validator = schema_validator()
+    for m in msgs:
+        errors = sorted(validator.iter_errors(m), key=str)
+        assert not errors, (m, errors[0].message)
+        tr = m["training"]
+        if tr["from_ts"] is not None:
+            assert tr["from_ts"] <= tr["to_ts"] <= m["event_ts"]
+            assert 0 <= tr["positives"] <= tr["n"]
+        calibrator_from_dict(m)  # params are a valid calibrator
+    for msgs_of_key in by_key(msgs).values():
+        versions = [m["version"] for m in msgs_of_key]
+        assert versions == list(range(versions[0], versions[0] + len(versions)))
+        assert msgs_of_key[0]["reason"] == "bootstrap" or versions[0] > 1
+        assert all(m["reason"] != "bootstrap" for m in msgs_of_key[1:])
+        ts = [m["event_ts"] for m in msgs_of_key]
+        assert ts == sorted(ts)
+
+
+# ---------------------------------------------------------------------- split
+
+
+def test_holdout_split_is_a_salted_hash_of_the_impression_id() -> None:
+    policy = RecalibrationPolicy()
+    ids = [f"imp-{k}" for k in range(20_000)]
+    flags = [policy.is_holdout(i) for i in ids]
+    # Independent reference: the documented construction.
+    ref = [
+        int.from_bytes(
+            hashlib.blake2b(i.encode(), digest_size=8, key=b"recal-holdout-v1").digest(), "big"
+        ) < int(0.2 * 2**64)
+        for i in ids
+    ]
+    assert flags == ref
+    assert abs(np.mean(flags) - 0.2) < 0.01
+    assert flags == [RecalibrationPolicy().is_holdout(i) for i in ids]  # same on every worker
+    other = RecalibrationPolicy(PolicyConfig(holdout_salt="other"))
+    agree = np.mean([a == other.is_holdout(i) for a, i in zip(flags, ids, strict=True)])
+    assert agree < 0.75  # ~0.68 for independent 20% splits
+
+
+# ---------------------------------------------------------------------- what is published
+
+
+def test_overconfident_stream_gets_its_temperature_at_bootstrap() -> None:
+    ev = make_events(20_000, seed=1, temperature=1.6, gap_ms=1_000)
+    policy = RecalibrationPolicy()
+    msgs = run(policy, ev)
+    check_messages(msgs)
+    first = msgs[0]
+    assert (first["scope"], first["version"], first["reason"]) == ("global", 1, "bootstrap")
+    assert first["method"] in ("temperature", "platt")
+    assert first["metrics"]["nll_after"] < first["metrics"]["nll_before"]
+    assert first["metrics"]["n_eval"] >= policy.config.min_n_eval
+    # Later versions are refinements on geometrically more data (or beat their predecessor):
+    # a handful over 20 refits, not one per refit.
+    n = [m["training"]["n"] for m in msgs if m["scope"] == "global"]
+    assert len(n) <= 2 + math.log(n[-1] / n[0], policy.config.refine_factor or 3.0)
+    # Against an independent batch fit on all events, and against the truth.
+    batch = TemperatureCalibrator.fit(ev.z, ev.y)
+    final = policy.resolve("m", "web", "u1")
+    assert np.abs(served_p(final, GRID) - batch.apply_logit(GRID)).max() < 0.02
+    assert np.abs(served_p(final, GRID) - sigmoid(GRID / 1.6)).max() < 0.02
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_stationary_calibrated_stream_does_not_churn(seed: int) -> None:
+    ev = make_events(50_000, seed=seed, segments=(("web", 0.6, 0.0), ("app", 0.4, 0.0)),
+                     gap_ms=1_000)
+    policy = RecalibrationPolicy()
+    msgs = run(policy, ev)
+    check_messages(msgs)
+    # 50 refits, and the bootstrap (identity: nothing beats the model's own scores) is the
+    # only version; identity is not an estimate, so it is not "refined" either.
+    assert [(m["scope"], m["method"], m["reason"]) for m in msgs] == [
+        ("global", "identity", "bootstrap")
+    ]
+
+
+def test_abrupt_drift_is_followed_by_a_fit_on_the_new_regime() -> None:
+    change = 20_000
+    ev = make_events(40_000, seed=4, change_at=change, temperature_after=1.6, gap_ms=1_000)
+    change_ts = int(ev.ts[change])
+    policy = RecalibrationPolicy()
+    msgs = run(policy, ev)
+    check_messages(msgs)
+    after = [m for m in msgs if m["event_ts"] >= change_ts]
+    assert after, msgs
+    first = after[0]
+    # Within three refits of the change, fitted on (nearly) post-change events only.
+    assert first["event_ts"] - change_ts <= 3_000 * 1_000
+    assert first["training"]["from_ts"] >= change_ts - 200 * 1_000
+    assert first["reason"] == "scheduled"
+    assert np.abs(served_p(first, GRID) - sigmoid(GRID / 1.6)).max() < 0.05
+    final = policy.resolve("m", "web", None)
+    assert np.abs(served_p(final, GRID) - sigmoid(GRID / 1.6)).max() < 0.02
+
+
+def test_request_refit_publishes_at_once_with_reason_drift() -> None:
+    change = 10_000
+    ev = make_events(10_800, seed=5, change_at=change, temperature_after=1.6, gap_ms=1_000)
+    policy = RecalibrationPolicy(PolicyConfig(recalibrate_every=5_000))
+    msgs = run(policy, ev)
+    assert [(m["scope"], m["reason"]) for m in msgs] == [("global", "bootstrap")] * 2 or all(
+        m["event_ts"] < int(ev.ts[change]) for m in msgs
+    )
+    before = policy.current("m", "global")
+    out = policy.request_refit("m", "global", "drift", created_at=CREATED_AT)
+    assert [m["scope"] for m in out][:1] == ["global"]
+    drift_msg = out[0]
+    assert drift_msg["reason"] == "drift"
+    assert drift_msg["version"] == before["version"] + 1
+    assert drift_msg["training"]["from_ts"] >= int(ev.ts[change]) - 200 * 1_000
+    check_messages(msgs + out)
+    assert policy.request_refit("unknown", created_at=CREATED_AT) == []
+    assert policy.request_refit("m", "segment:nope", created_at=CREATED_AT) == []
+    with pytest.raises(ConfigError):
+        policy.request_refit("m", "global", "panic", created_at=CREATED_AT)
+
+
+def test_segment_with_its_own_miscalibration_gets_a_segment_version() -> None:
+    ev = make_events(40_000, seed=6, segments=(("web", 0.7, 0.0), ("app", 0.3, 0.8)),
+                     gap_ms=1_000)
+    policy = RecalibrationPolicy()
+    msgs = run(policy, ev)
+    check_messages(msgs)
+    app = policy.resolve("m", "app", None)
+    web = policy.resolve("m", "web", None)
+    assert app is not None and app["scope"] == "segment:app"
+    assert web is not None and web["scope"] == "global"
+    assert app["method"] in ("platt", "isotonic")
+    truth = sigmoid(GRID - 0.8)
+    err = np.abs(served_p(app, GRID) - truth).max()
+    assert err < 0.05 and err < np.abs(sigmoid(GRID) - truth).max() / 3
+    # The global serves web, and is fitted on web alone: it stays (close to) identity.
+    assert np.abs(served_p(web, GRID) - sigmoid(GRID)).max() < 0.01
+    # calibrate() is exactly the resolved calibrator applied to the score.
+    for s in (0.01, 0.2, 0.7):
+        assert policy.calibrate(s, "m", "app", "u3") == pytest.approx(
+            float(calibrator_from_dict(app).apply(s)), abs=1e-12
+        )
+
+
+def test_users_get_a_version_only_when_eligible_and_different() -> None:
+    # 40k events at 5 s: 2.3 days, so heavy users see two or three distinct days.
+    specials = {"loud": (1.0, 2.0), "quiet": (1.0, 0.0)}
+    ev = make_events(40_000, seed=7, gap_ms=5_000, n_users=400, special_users=specials,
+                     special_share=0.05)
+    policy = RecalibrationPolicy()
+    msgs = run(policy, ev)
+    check_messages(msgs)
+    user_scopes = {m["scope"] for m in msgs if m["scope"].startswith("user:")}
+    assert user_scopes == {"user:loud"}, user_scopes
+    loud = policy.resolve("m", "web", "loud")
+    assert loud is not None and loud["scope"] == "user:loud"
+    first = next(m for m in msgs if m["scope"] == "user:loud")
+    assert first["reason"] == "bootstrap"
+    assert first["training"]["n"] + first["metrics"]["n_eval"] >= 200  # the gate's minimum
+    assert first["metrics"]["nll_after"] < first["metrics"]["nll_before"]
+    # The model over-predicts this user by 2 logits; the shrunk calibrator undoes most of it.
+    truth = sigmoid(GRID - 2.0)
+    assert np.abs(served_p(loud, GRID) - truth).max() < np.abs(sigmoid(GRID) - truth).max() / 2
+    # Everyone else (few events, or no difference) is served the fallback.
+    for user in ("quiet", "u1", "u2"):
+        assert policy.resolve("m", "web", user) == policy.resolve("m", "web", None)
+
+
+def test_user_gate_needs_distinct_days() -> None:
+    # Same "loud" user, but everything within one day: never eligible.
+    ev = make_events(40_000, seed=7, gap_ms=1_000, n_users=400,
+                     special_users={"loud": (1.0, 2.0)}, special_share=0.05)
+    assert int(ev.ts[-1] - ev.ts[0]) < DAY_MS
+    policy = RecalibrationPolicy()
+    msgs = run(policy, ev)
+    assert not [m for m in msgs if m["scope"].startswith("user:")]
+
+
+def test_isotonic_global_gives_segments_a_parametric_parent() -> None:
+    rng = np.random.default_rng(8)
+    n = 40_000
+    z = rng.normal(-1.5, 1.2, n)
+    # A monotone but non-logistic truth: no temperature or Platt map gets it right.
+    p = np.where(z < -1.5, 0.03, 0.45)
+    seg = ["web" if r < 0.8 else "app" for r in rng.random(n)]
+    y = (rng.random(n) < p).astype(int)
+    policy = RecalibrationPolicy()
+    msgs = []
+    for i in range(n):
+        imp = Impression(f"i{i}", f"u{i % 300}", "it", START_MS + 1_000 * i, "m",
+                         float(sigmoid(np.array(z[i]))), float(z[i]), seg[i], None, None)
+        msgs += policy.update(Feedback(imp, int(y[i]), START_MS + 1_000 * i, None, None),
+                              created_at=CREATED_AT)
+    check_messages(msgs)
+    assert any(m["scope"] == "global" and m["method"] == "isotonic" for m in msgs)
+    state = policy.to_dict()["models"]["m"]["scopes"]["global"]
+    if state["current"]["method"] == "isotonic":
+        assert state["parametric"]["method"] in ("identity", "temperature", "platt")
+    for segment in ("web", "app"):
+        q = policy.calibrate(0.5, "m", segment, None)
+        assert 0.0 <= q <= 1.0
+
+
+# ---------------------------------------------------------------------- cohorts, bounds
+
+
+def test_positives_wait_until_their_impression_cohort_is_complete() -> None:
+    policy = RecalibrationPolicy()
+
+    def fb(i: int, label: int) -> Feedback:
+        imp = Impression(f"i{i}", "u", "it", START_MS + i, "m", 0.3, math.log(0.3 / 0.7),
+                         "web", None, None)
+        return Feedback(imp, label, START_MS + i + (0 if label else 300_000), None, None)
+
+    for i in range(5):
+        assert policy.update(fb(i, 1), created_at=CREATED_AT) == []
+    state = policy.to_dict()["models"]["m"]
+    assert state["seq"] == 0 and len(state["pending"]) == 5
+    policy.update(fb(3, 0), created_at=CREATED_AT)  # releases positives with ts <= 3
+    state = policy.to_dict()["models"]["m"]
+    assert state["seq"] == 1 + 4 and len(state["pending"]) == 1
+    policy.update(fb(9, 0), created_at=CREATED_AT)
+    assert policy.to_dict()["models"]["m"]["seq"] == 7
+
+
+def test_user_state_is_bounded_by_count_and_by_event_time() -> None:
+    policy = RecalibrationPolicy(PolicyConfig(max_users=50, user_ttl_ms=3_600_000.0))
+    ev = make_events(3_000, seed=9, n_users=1_000, gap_ms=1_000)
+    run(policy, ev)
+    assert policy.user_count() == 50
+    keep = RecalibrationPolicy(PolicyConfig(user_ttl_ms=600_000.0))
+    ev2 = make_events(3_000, seed=9, n_users=20, gap_ms=1_000)
+    run(keep, ev2)
+    assert keep.user_count() <= 20
+    # Nobody but "late" is seen during the last 20 minutes: everyone else expires.
+    late = [
+        Feedback(Impression(f"late{k}", "late", "it", int(ev2.ts[-1]) + 60_000 * (k + 1), "m",
+                            0.2, math.log(0.25), "web", None, None),
+                 0, int(ev2.ts[-1]) + 60_000 * (k + 1), None, None)
+        for k in range(20)
+    ]
+    for f in late:
+        keep.update(f, created_at=CREATED_AT)
+    assert keep.user_count() == 1
+
+
+def test_bad_feedback_is_rejected() -> None:
+    policy = RecalibrationPolicy()
+    imp = Impression("i", "u", "it", START_MS, "m", 0.5, float("nan"), "web", None, None)
+    with pytest.raises(InvalidInputError):
+        policy.update(Feedback(imp, 0, START_MS, None, None), created_at=CREATED_AT)
+    ok = Impression("i", "u", "it", START_MS, "m", 0.5, 0.0, "web", None, None)
+    with pytest.raises(InvalidInputError):
+        policy.update(Feedback(ok, 2, START_MS, None, None), created_at=CREATED_AT)
+    with pytest.raises(InvalidInputError):
+        policy.update(Feedback(ok, 0, START_MS, None, None), created_at="")
+    with pytest.raises(ConfigError):
+        RecalibrationPolicy(config={"z": 2})  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- persistence
+
+
+def test_restart_from_state_continues_exactly() -> None:
+    specials = {"loud": (1.0, 2.0)}
+    ev = make_events(36_000, seed=10, change_at=18_000, temperature_after=1.6, gap_ms=5_000,
+                     segments=(("web", 0.7, 0.0), ("app", 0.3, 0.5)), n_users=300,
+                     special_users=specials, special_share=0.05)
+    fbs = list(ev.feedback())
+    one = RecalibrationPolicy()
+    straight = [m for f in fbs for m in one.update(f, created_at=CREATED_AT)]
+    first = RecalibrationPolicy()
+    half = len(fbs) // 2 + 7
+    resumed = [m for f in fbs[:half] for m in first.update(f, created_at=CREATED_AT)]
+    state = orjson.loads(orjson.dumps(first.to_dict()))
+    second = RecalibrationPolicy.from_dict(state)
+    assert second.to_dict() == first.to_dict()
+    resumed += [m for f in fbs[half:] for m in second.update(f, created_at=CREATED_AT)]
+    assert resumed == straight
+    assert second.to_dict() == one.to_dict()
+    check_messages(straight)
+    assert {m["scope"] for m in straight} >= {"global", "segment:app"}
+
+
+def test_malformed_state_is_rejected() -> None:
+    good = RecalibrationPolicy().to_dict()
+    with pytest.raises(InvalidInputError):
+        RecalibrationPolicy.from_dict({**good, "v": 2})
+    with pytest.raises(InvalidInputError):
+        RecalibrationPolicy.from_dict({**good, "models": {"m": {"seq": 1}}})
+
+
+@pytest.mark.parametrize("module", [policy_module, policy_config_module])
+def test_docstring_examples(module: Any) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0
+    assert result.failed == 0

@@ -1,0 +1,128 @@
+"""Per-scope (global or segment) state of the recalibration policy (private)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from worker.core.errors import InvalidInputError
+from worker.core.policy._event_ring import EventRing
+from worker.core.policy.policy_config import PolicyConfig
+from worker.core.sketches.logit_histogram import LogitHistogram
+
+
+class ScopeState:
+    """Training sketch, raw training ring, holdout ring and publication state of one scope.
+
+    ``regime_seq``: events with a smaller feedback sequence number belong to an earlier
+    regime (before a detected change) and no longer count for fits or scoring.
+    ``current``: the newest published version message; ``follow`` marks a version that
+    only mirrors the parent (a segment's copy of the global after the global changed
+    regime), which is treated as "no own version" when candidates are judged.
+    ``parametric``: the parametric calibrator that stands in for ``current`` as a shrinkage
+    parent (``{"method", "params"}``).
+    """
+
+    __slots__ = (
+        "current",
+        "follow",
+        "holdout",
+        "last_refit_n",
+        "n_events",
+        "parametric",
+        "pending_drift",
+        "regime_seq",
+        "sketch",
+        "survived_regime",
+        "train",
+        "version",
+        "version_regime",
+    )
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.sketch = LogitHistogram(half_life_ms=config.half_life_ms)
+        self.train = EventRing(config.train_buffer)
+        self.holdout = EventRing(config.holdout_capacity)
+        self.current: dict[str, Any] | None = None
+        self.follow = False
+        self.parametric: dict[str, Any] = {"method": "identity", "params": {}}
+        self.version = 0
+        self.version_regime = 0
+        self.regime_seq = 0
+        # The latest global regime this segment's own version was checked against and kept.
+        self.survived_regime = 0
+        self.pending_drift = 0
+        self.n_events = 0
+        self.last_refit_n = -1
+
+    @property
+    def own(self) -> dict[str, Any] | None:
+        """The scope's own (non-mirroring) current version, if any."""
+        return None if self.follow else self.current
+
+    @property
+    def covered(self) -> bool:
+        """Whether serving uses this segment's own calibrator (not the global's)."""
+        return self.current is not None and not self.follow
+
+    def add(self, z: float, y: int, ts: int, seq: int, holdout: bool, seg: int = 0,
+            sketch: bool = True) -> None:
+        self.n_events += 1
+        if holdout:
+            self.holdout.append(z, y, ts, seq, seg)
+        else:
+            self.train.append(z, y, ts, seq, seg)
+            if sketch:
+                self.sketch.update(z, y, ts)
+
+    def restart(self, seq: int, half_life_ms: float | None) -> None:
+        """Start a new regime at ``seq``: drop older events, rebuild the sketch from the
+        kept raw training events of the new regime."""
+        if seq <= self.regime_seq:
+            return
+        self.regime_seq = seq
+        self.train.drop_before(seq)
+        self.holdout.drop_before(seq)
+        self.sketch = LogitHistogram(half_life_ms=half_life_ms)
+        z, y, ts, _ = self.train.arrays()
+        if z.size:
+            self.sketch.update_many(z, y.astype(np.int64), ts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sketch": self.sketch.to_dict(),
+            "train": self.train.to_dict(),
+            "holdout": self.holdout.to_dict(),
+            "current": self.current,
+            "follow": self.follow,
+            "parametric": self.parametric,
+            "version": self.version,
+            "version_regime": self.version_regime,
+            "regime_seq": self.regime_seq,
+            "survived_regime": self.survived_regime,
+            "pending_drift": self.pending_drift,
+            "n_events": self.n_events,
+            "last_refit_n": self.last_refit_n,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], config: PolicyConfig) -> ScopeState:
+        state = cls(config)
+        try:
+            state.sketch = LogitHistogram.from_dict(data["sketch"])
+            state.train = EventRing.from_dict(data["train"])
+            state.holdout = EventRing.from_dict(data["holdout"])
+            state.current = data["current"]
+            state.follow = bool(data["follow"])
+            state.parametric = dict(data["parametric"])
+            state.version = int(data["version"])
+            state.version_regime = int(data["version_regime"])
+            state.regime_seq = int(data["regime_seq"])
+            state.survived_regime = int(data["survived_regime"])
+            state.pending_drift = int(data["pending_drift"])
+            state.n_events = int(data["n_events"])
+            state.last_refit_n = int(data["last_refit_n"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInputError("schema", f"invalid policy scope state: {exc}") from exc
+        return state

@@ -1,0 +1,224 @@
+"""The hyper-parameters of the recalibration policy (DESIGN §5 "Policy"), validated once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from worker.core.errors import ConfigError
+
+_METHODS = ("temperature", "platt", "isotonic")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Every knob of ``RecalibrationPolicy``; invalid values raise ``ConfigError`` at once.
+
+    Cadence and data:
+
+    - ``recalibrate_every``: refit a model's global and segment scopes every N mature
+      feedback events of that model (DESIGN default 1,000).
+    - ``holdout_fraction``: share of events (by a salted hash of ``impression_id``, so the
+      split is deterministic and the same on every worker) kept out of training and used to
+      score candidates; ``holdout_salt`` names the split.
+    - ``holdout_capacity``: newest holdout events kept per scope (a ring buffer).
+    - ``half_life_ms``: event-time half-life of the decayed training sketch (``None``: no
+      decay). The default, 24 h, lets a slow drift fade out over days; an abrupt change is
+      handled by the change path below, which restarts the sketch at the change point.
+    - ``recent_window``: newest training events per scope that the change test looks at;
+      ``train_buffer`` (>= ``recent_window``) raw training events are kept per scope to
+      locate a change point and rebuild the sketch from it.
+
+    Publication (DESIGN: "only when better than the current one beyond noise"):
+
+    - ``z``: a candidate replaces the current calibrator when its mean per-event log-loss
+      improvement on the holdout exceeds ``z`` standard errors (paired test) and
+      ``min_improvement`` nats per event, with at least ``min_n_eval`` holdout events. The
+      floor on the effect stops two kinds of churn: near-identical calibrators (their
+      per-event differences are tiny, so ``z * SE`` is tiny too and one refit in forty
+      would publish a meaningless change), and a shrunk fit creeping away from its parent
+      as its data grow (each step a real but tiny gain); refinement covers such growth in
+      geometric steps. 0.002 nats/event is half the gain of fixing a 10% temperature error.
+    - ``refine_factor``: a candidate fitted in the same regime on at least this many times the
+      current version's training weight may replace it unless it is significantly worse on
+      the holdout (mean improvement < ``-z`` SE, on at least ``min_refine_eval`` events):
+      the paired test cannot see the small error of an early, small fit, and more data of
+      the same regime is a better estimate. Geometric growth bounds the number of such
+      versions per regime to ``log(n_max / n_0) / log(refine_factor)``. ``None`` disables
+      refinement.
+    - ``change_alpha``: false-alarm probability per refit and scope of the change test (a
+      likelihood-ratio test of the served calibrator against a Platt refit on the newest
+      ``recent_window`` training events); ``drift_alpha`` is its level when a drift detector
+      asked for the refit (the detector has brought evidence of its own).
+    - ``min_positives`` / ``min_negatives``: training labels of each class a fit needs.
+    - ``methods``: fitted candidate methods (identity and the current version always compete).
+      An isotonic candidate needs ``isotonic_min_n`` training weight, and its end values are
+      kept ``isotonic_floor`` away from 0 and 1 (a map that says 0 makes one click cost 34
+      nats of log loss).
+
+    Hierarchy:
+
+    - ``segment_prior_strength``, ``user_prior_strength``: the shrinkage prior, in events
+      (``HierarchicalShrinkage``), of a segment toward the global and a user toward the segment.
+    - ``user_buffer``: feedback events kept per user (newest); ``user_check_every``: a user's
+      eligibility and candidate are checked every that many of the user's events;
+      ``user_min_n_eval``: holdout events a user needs for the paired test, at level
+      ``user_z``: many users are tested again and again, so z = 2 would hand a noise-fitted
+      version to one eligible user check in forty;
+      ``user_ttl_ms``: users unseen for that long in event time are forgotten;
+      ``max_users``: users tracked per policy (least recently seen evicted first).
+    - ``gate_*``: the ``EligibilityGate`` minimums for a user version.
+
+    ``drift_pending_refits``: after ``request_refit`` found too little evidence to publish,
+    that many following scheduled refits still run in drift mode (and say ``drift``).
+
+    >>> PolicyConfig(recalibrate_every=500).recalibrate_every
+    500
+    >>> PolicyConfig(holdout_fraction=1.5)
+    Traceback (most recent call last):
+    ...
+    worker.core.errors.ConfigError: holdout_fraction must be a number in (0, 1); got 1.5
+    >>> PolicyConfig.from_dict(PolicyConfig().to_dict()) == PolicyConfig()
+    True
+    """
+
+    recalibrate_every: int = 1000
+    holdout_fraction: float = 0.2
+    holdout_salt: str = "recal-holdout-v1"
+    holdout_capacity: int = 5000
+    half_life_ms: float | None = 86_400_000.0
+    recent_window: int = 1000
+    train_buffer: int = 4000
+    z: float = 2.0
+    min_improvement: float = 2e-3
+    min_n_eval: int = 200
+    refine_factor: float | None = 3.0
+    min_refine_eval: int = 30
+    change_alpha: float = 1e-5
+    drift_alpha: float = 0.01
+    min_positives: int = 10
+    min_negatives: int = 10
+    methods: tuple[str, ...] = _METHODS
+    isotonic_min_n: float = 5000.0
+    isotonic_floor: float = 1e-4
+    n_bins: int = 15
+    segment_prior_strength: float = 200.0
+    user_prior_strength: float = 200.0
+    user_buffer: int = 500
+    user_check_every: int = 50
+    user_min_n_eval: int = 40
+    user_z: float = 3.0
+    user_ttl_ms: float = 30 * 86_400_000.0
+    max_users: int = 100_000
+    gate_min_events: int = 200
+    gate_min_days: float = 2
+    gate_min_positives: int = 10
+    gate_min_negatives: int = 10
+    drift_pending_refits: int = 5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        for name in (
+            "recalibrate_every",
+            "holdout_capacity",
+            "recent_window",
+            "train_buffer",
+            "min_n_eval",
+            "min_refine_eval",
+            "n_bins",
+            "user_buffer",
+            "user_check_every",
+            "user_min_n_eval",
+            "max_users",
+        ):
+            _int(name, getattr(self, name), 1)
+        for name in (
+            "min_positives",
+            "min_negatives",
+            "gate_min_events",
+            "gate_min_positives",
+            "gate_min_negatives",
+            "drift_pending_refits",
+        ):
+            _int(name, getattr(self, name), 0)
+        hf = self.holdout_fraction
+        if not (_number(hf) and 0.0 < hf < 1.0):
+            raise ConfigError(f"holdout_fraction must be a number in (0, 1); got {hf!r}")
+        if not isinstance(self.holdout_salt, str):
+            raise ConfigError(f"holdout_salt must be a string; got {self.holdout_salt!r}")
+        if self.half_life_ms is not None:
+            _positive("half_life_ms", self.half_life_ms)
+        if self.train_buffer < self.recent_window:
+            raise ConfigError(
+                f"train_buffer ({self.train_buffer}) must be >= recent_window "
+                f"({self.recent_window})"
+            )
+        for name in ("z", "user_z", "segment_prior_strength", "user_prior_strength",
+                     "user_ttl_ms"):
+            _positive(name, getattr(self, name))
+        for name in ("change_alpha", "drift_alpha"):
+            value = getattr(self, name)
+            if not (_number(value) and 0.0 < value < 1.0):
+                raise ConfigError(f"{name} must be a number in (0, 1); got {value!r}")
+        if not (_number(self.min_improvement) and self.min_improvement >= 0):
+            raise ConfigError(
+                f"min_improvement must be a number >= 0; got {self.min_improvement!r}"
+            )
+        if not (_number(self.isotonic_min_n) and self.isotonic_min_n >= 0):
+            raise ConfigError(
+                f"isotonic_min_n must be a number >= 0; got {self.isotonic_min_n!r}"
+            )
+        if not (_number(self.isotonic_floor) and 0.0 <= self.isotonic_floor < 0.5):
+            raise ConfigError(
+                f"isotonic_floor must be a number in [0, 0.5); got {self.isotonic_floor!r}"
+            )
+        if self.refine_factor is not None and not (
+            _number(self.refine_factor) and self.refine_factor > 1.0
+        ):
+            raise ConfigError(
+                f"refine_factor must be a number > 1 or None; got {self.refine_factor!r}"
+            )
+        if not _number(self.gate_min_days) or self.gate_min_days < 0:
+            raise ConfigError(f"gate_min_days must be a number >= 0; got {self.gate_min_days!r}")
+        bad = [m for m in self.methods if m not in _METHODS]
+        if bad or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(
+                f"methods must be distinct names among {list(_METHODS)}; got {list(self.methods)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready knobs (``methods`` as a list)."""
+        out = asdict(self)
+        out["methods"] = list(self.methods)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
+        """Inverse of ``to_dict``; unknown keys are an error (a typo must not be ignored)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown policy settings: {unknown}")
+        kwargs = dict(data)
+        if "methods" in kwargs:
+            kwargs["methods"] = tuple(kwargs["methods"])
+        return cls(**kwargs)
+
+
+def _number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def _int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+def _positive(name: str, value: object) -> None:
+    if not (_number(value) and float(value) > 0.0):  # type: ignore[arg-type]
+        raise ConfigError(f"{name} must be a finite number > 0; got {value!r}")

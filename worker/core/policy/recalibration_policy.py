@@ -1,0 +1,1128 @@
+"""The recalibration policy: when to refit, what to publish (DESIGN §3 calibrator version, §5)."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from worker.core.calibrators import (
+    Calibrator,
+    EligibilityGate,
+    HierarchicalShrinkage,
+    IdentityCalibrator,
+    IsotonicCalibrator,
+    PlattCalibrator,
+    TemperatureCalibrator,
+    calibrator_from_dict,
+)
+from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.policy._scope_state import ScopeState
+from worker.core.policy._selection import (
+    Candidate,
+    Scored,
+    beats,
+    improvement,
+    metrics_block,
+    pick_best,
+    score,
+    score_all,
+)
+from worker.core.policy._user_buffer import UserBuffer
+from worker.core.policy.policy_config import PolicyConfig
+from worker.core.records.feedback import Feedback
+from worker.core.sketches.logit_histogram import LogitHistogram
+
+FloatArray = NDArray[np.float64]
+
+GLOBAL = "global"
+SEGMENT_PREFIX = "segment:"
+USER_PREFIX = "user:"
+REASONS = ("bootstrap", "scheduled", "drift")
+# DESIGN §3: z = logit(clip(score, 1e-6, 1 - 1e-6)); serving computes exactly this from the
+# score, so the policy fits and scores on the same clipped logit.
+_Z_MAX = math.log(1e6 - 1.0)
+_IDENTITY = IdentityCalibrator()
+_PARAMETRIC = ("identity", "temperature", "platt")
+_REFINE_MIN_SHIFT = 1e-3
+# Candidates that are estimates (and so can be refined by more data), not fixed maps.
+_FITTED = ("temperature", "platt", "isotonic")
+# Free parameters, roughly: the order in which _pick prefers candidates of equal merit.
+_COMPLEXITY = {"identity": 0, "fallback": 0, "temperature": 1, "platt": 2, "isotonic": 3}
+_EMPTY_TRAINING: dict[str, Any] = {"n": 0, "positives": 0, "from_ts": None, "to_ts": None}
+
+
+@dataclass
+class _UserVersion:
+    """A user's publication record; it outlives the user's buffer (versions must keep
+    increasing if the user comes back after eviction)."""
+
+    version: int
+    current: dict[str, Any]
+    segment: str
+    regime: int
+    follow: bool
+
+
+class _Model:
+    """Everything the policy keeps for one ``model_id``."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+        self.seq = 0
+        self.since_refit = 0
+        self.watermark = 0
+        # Positives waiting for their impression cohort to be complete (see update()).
+        self.pending: list[tuple[int, int, Feedback]] = []
+        self.arrivals = 0
+        self.negative_frontier = -(2**62)
+        self.scopes: dict[str, ScopeState] = {GLOBAL: ScopeState(config)}
+        self.user_versions: dict[str, _UserVersion] = {}
+        # Segment codes (first-seen order) tag the global scope's ring events.
+        self.seg_codes: dict[str, int] = {}
+
+    def scope(self, key: str) -> ScopeState:
+        state = self.scopes.get(key)
+        if state is None:
+            state = self.scopes[key] = ScopeState(self.config)
+            self.seg_codes[key] = len(self.seg_codes)
+            # A new segment starts in the model's current regime.
+            state.regime_seq = self.scopes[GLOBAL].regime_seq
+        return state
+
+    def uncovered(self) -> list[str]:
+        """The segments the global scope fits and scores on: those it serves (no own
+        version, or a mirror), or all of them when it serves none (it stays the fallback of
+        segments yet to appear)."""
+        keys = self.segment_keys()
+        served = [k for k in keys if not self.scopes[k].covered]
+        return served if served else keys
+
+    def global_segs(self) -> NDArray[np.int64]:
+        """Codes of the segments whose events the global scope fits and scores on."""
+        return np.array([self.seg_codes[k] for k in self.uncovered()], dtype=np.int64)
+
+    def global_sketch(self) -> LogitHistogram:
+        """The global training sketch: the merge of the served segments' sketches."""
+        keys = self.uncovered()
+        if not keys:
+            return LogitHistogram(half_life_ms=self.config.half_life_ms)
+        out = self.scopes[keys[0]].sketch
+        for k in keys[1:]:
+            out = out.merge(self.scopes[k].sketch)
+        return out
+
+    def segment_keys(self) -> list[str]:
+        return sorted(k for k in self.scopes if k != GLOBAL)
+
+
+class RecalibrationPolicy:
+    """Turns mature feedback into calibrator versions (DESIGN §3, §5 "Policy").
+
+    **State.** Per ``model_id`` and segment: a decayed ``LogitHistogram`` training sketch
+    (half-life ``half_life_ms`` of event time), a ring of the newest raw training events and
+    a ring of the newest **holdout** events. The split is deterministic: an event is holdout
+    when a salted BLAKE2b hash of its ``impression_id`` falls below ``holdout_fraction``
+    (20%), so candidates are always scored on events they were not fitted on, and a
+    replayed or re-delivered event lands on the same side. The global scope fits and
+    scores on the segments it serves, those without a calibrator of their own (all of them
+    when it serves none): its sketch is the merge of theirs, its rings filter by segment.
+    A pooled global would be biased, for exactly the segments that rely on it, by the
+    segments that are different enough to have their own calibrator. Per user: the newest
+    ``user_buffer`` events; users are forgotten least-recently-seen first beyond
+    ``max_users``, or after ``user_ttl_ms`` of event time without events (publication
+    records of users with versions are kept, so their version numbers keep increasing).
+
+    **When.** Every ``recalibrate_every`` mature feedback events of a model (default 1,000)
+    the global scope and then every segment (in name order) are refitted; ``request_refit``
+    refits at once (the drift detectors' entry point; the versions say ``drift``). A user is
+    checked every ``user_check_every`` of its own events. Positives are held back until
+    their impression cohort is complete (see ``update``).
+
+    **Candidates.** Global: temperature, Platt and isotonic fitted on the sketch (isotonic
+    from ``isotonic_min_n`` training weight on, end values floored), plus identity, judged
+    against the current version. Segments: Platt and temperature shrunk toward the global
+    (``HierarchicalShrinkage``, prior ``segment_prior_strength`` events), isotonic, the
+    global's calibrator itself and identity, judged against what serving uses for the
+    segment now. The shrinkage parent is the global's *parametric* stand-in: the global
+    version itself when it is identity, temperature or Platt, and otherwise (an isotonic
+    global) the best-scoring parametric candidate of the refit that published it, because
+    an isotonic map has no parameters to shrink toward. Users: Platt shrunk toward the
+    segment's parametric stand-in (the global's when the segment has no own version),
+    prior ``user_prior_strength`` events.
+
+    **Publication.** The best candidate by holdout NLL (ECE breaks ties; among candidates
+    the best does not beat beyond noise, the simplest: identity/fallback, temperature,
+    Platt, isotonic) is published when it beats the current calibrator beyond noise: a
+    paired test on the per-event log-loss differences over the same holdout events, mean
+    improvement > ``z`` (2) standard errors and > ``min_improvement``, with at least
+    ``min_n_eval`` events. *Refinement:* a fitted candidate of the same regime trained on at
+    least ``refine_factor`` (3) times the current version's training weight may replace it
+    unless it is significantly worse on the holdout. The paired test cannot see the
+    parameter error of an early, small fit (the NLL gap is second order in it, the ECE gap
+    first order), and geometric growth bounds refinements to a few per regime. An identity
+    version is not an estimate and is never refined, only beaten. The first global version
+    is published at the first refit with ``min_n_eval`` holdout events (identity when
+    nothing beats it), reason ``bootstrap``; a segment or user publishes only when it beats
+    its fallback. A user version also needs the ``EligibilityGate`` (events, distinct UTC
+    days, positives, negatives over the user's buffer) and the stricter ``user_z``, so a
+    user with few events is served its fallback, never something worse; a user version
+    that the fallback comes to beat is replaced by a mirror of the fallback.
+
+    **Change path.** A decayed sketch blends an abrupt change with the old regime for a
+    long time, and a holdout test is slow to see it. So each refit also runs a likelihood
+    ratio test of the served calibrator against a Platt refit on the newest
+    ``recent_window`` training events (false-alarm probability ``change_alpha`` per
+    refit, see ``_change_path``); on a detection the change point is estimated (CUSUM
+    argmax), the calibrator is refitted on the events after it (parametric, chosen by BIC),
+    the sketch is rebuilt from them and older events are dropped. After a global regime
+    change, a segment with a calibrator of its own keeps it if its own events since the
+    change still fit it (the same test at ``drift_alpha``, on at least a quarter window);
+    otherwise, or with too few events to tell, it restarts in the new regime and *mirrors*
+    the global (a version with the global's method and params and empty ``training``,
+    republished when the global changes) until its own new-regime fit replaces the mirror.
+    Users are treated alike. Mirroring does what a tombstone does for a user calibrator,
+    but works for segments too and keeps every message a valid version.
+
+    **Messages** follow DESIGN §3: ``event_ts`` is the model's event-time watermark at the
+    fit (the largest ``ts``/``label_ts`` of its feedback), ``created_at`` is passed in (the
+    core reads no clock), ``training`` is the fitted data's weight (decayed for sketch
+    fits), positives and impression-time range, ``metrics`` compare the calibrator served
+    before (``*_before``) with the new one on the holdout events of the decision;
+    ``version`` increases by one per key and is part of ``to_dict``. No ``conformal``
+    block: that belongs to the conformal component.
+
+    >>> from worker.core.records.impression import Impression
+    >>> rng = np.random.default_rng(0)
+    >>> policy = RecalibrationPolicy(PolicyConfig(recalibrate_every=3000))
+    >>> published = []
+    >>> for i in range(6000):
+    ...     true_z = rng.normal(-1.5, 1.0)
+    ...     z = 1.6 * true_z                             # an over-confident model
+    ...     y = int(rng.random() < 1 / (1 + math.exp(-true_z)))
+    ...     imp = Impression(f"i{i}", f"u{i % 50}", "it", 1_000 * i, "m", 1 / (1 + math.exp(-z)),
+    ...                      z, "web", None, None)
+    ...     fb = Feedback(imp, y, 1_000 * i + 500, None, None)
+    ...     published += policy.update(fb, created_at="2026-01-01T00:00:00Z")
+    >>> [(m["scope"], m["version"], m["method"], m["reason"]) for m in published]
+    [('global', 1, 'temperature', 'bootstrap')]
+    >>> 1.5 < policy.current("m", "global")["params"]["temperature"] < 1.7
+    True
+    >>> round(policy.calibrate(0.1, "m", "web", "u1"), 2)
+    0.21
+    >>> RecalibrationPolicy.from_dict(policy.to_dict()).to_dict() == policy.to_dict()
+    True
+    """
+
+    def __init__(self, config: PolicyConfig | None = None) -> None:
+        if config is None:
+            config = PolicyConfig()
+        if not isinstance(config, PolicyConfig):
+            raise ConfigError(f"config must be a PolicyConfig; got {type(config).__name__}")
+        self._cfg = config
+        self._gate = EligibilityGate(
+            min_events=config.gate_min_events,
+            min_days=config.gate_min_days,
+            min_positives=config.gate_min_positives,
+            min_negatives=config.gate_min_negatives,
+        )
+        self._shrink_platt_seg = HierarchicalShrinkage(
+            "platt", prior_strength=config.segment_prior_strength
+        )
+        self._shrink_temp_seg = HierarchicalShrinkage(
+            "temperature", prior_strength=config.segment_prior_strength
+        )
+        self._shrink_user = HierarchicalShrinkage(
+            "platt", prior_strength=config.user_prior_strength
+        )
+        self._salt = config.holdout_salt.encode()
+        self._threshold = int(config.holdout_fraction * 2**64)
+        self._models: dict[str, _Model] = {}
+        # LRU over (model_id, user_id): least recently updated first.
+        self._users: OrderedDict[tuple[str, str], UserBuffer] = OrderedDict()
+
+    # ------------------------------------------------------------------ read-only
+
+    @property
+    def config(self) -> PolicyConfig:
+        """The hyper-parameters."""
+        return self._cfg
+
+    def is_holdout(self, impression_id: str) -> bool:
+        """Whether the event of ``impression_id`` is kept for scoring (deterministic)."""
+        digest = hashlib.blake2b(impression_id.encode(), digest_size=8, key=self._salt).digest()
+        return int.from_bytes(digest, "big") < self._threshold
+
+    def models(self) -> list[str]:
+        """Model ids seen, sorted."""
+        return sorted(self._models)
+
+    def current(self, model_id: str, scope: str = GLOBAL) -> dict[str, Any] | None:
+        """The newest version message of ``(model_id, scope)``, or None (a copy)."""
+        model = self._models.get(model_id)
+        if model is None:
+            return None
+        if scope.startswith(USER_PREFIX):
+            rec = model.user_versions.get(scope[len(USER_PREFIX):])
+            msg = rec.current if rec is not None else None
+        else:
+            state = model.scopes.get(scope)
+            msg = state.current if state is not None else None
+        return _copy_msg(msg)
+
+    def resolve(
+        self, model_id: str, segment: str | None = None, user_id: str | None = None
+    ) -> dict[str, Any] | None:
+        """The version serving would use: newest of ``user:<id>``, else ``segment:<name>``,
+        else ``global``; None means identity."""
+        model = self._models.get(model_id)
+        if model is None:
+            return None
+        return _copy_msg(self._resolve(model, segment, user_id))
+
+    def calibrate(
+        self,
+        score: float,
+        model_id: str,
+        segment: str | None = None,
+        user_id: str | None = None,
+    ) -> float:
+        """The calibrated probability serving would return for raw ``score`` (DESIGN §3)."""
+        msg = self.resolve(model_id, segment, user_id)
+        cal = _IDENTITY if msg is None else calibrator_from_dict(msg)
+        return float(cal.apply(score))
+
+    def user_count(self) -> int:
+        """Users whose buffers are currently kept (bounded by ``max_users``)."""
+        return len(self._users)
+
+    # ------------------------------------------------------------------ updates
+
+    def update(self, fb: Feedback, created_at: str) -> list[dict[str, Any]]:
+        """Add one mature feedback event; return the versions to publish, in order.
+
+        Order within one call: the global scope, then segments by name, then users.
+
+        Positives mature at the click, negatives only once the attribution window has
+        passed, so at any moment the newest impressions have their clicks counted but not
+        yet their non-clicks: every window ending "now" over-represents positives (at
+        start-up it holds nothing else). A positive is therefore held until a negative of an
+        impression at least as recent has arrived (the join finalises negatives in
+        impression-time order), so fits and holdouts only see complete impression cohorts.
+        """
+        _check_created_at(created_at)
+        imp = fb.impression
+        if fb.label not in (0, 1):
+            raise InvalidInputError("schema", f"label must be 0 or 1; got {fb.label!r}")
+        if not math.isfinite(float(imp.logit)):
+            raise InvalidInputError(
+                "score_range", f"logit must be a finite number; got {imp.logit!r}"
+            )
+        model = self._models.get(imp.model_id)
+        if model is None:
+            model = self._models[imp.model_id] = _Model(self._cfg)
+        model.watermark = max(model.watermark, int(imp.ts), int(fb.label_ts))
+        if fb.label == 1 and imp.ts > model.negative_frontier:
+            heapq.heappush(model.pending, (int(imp.ts), model.arrivals, fb))
+            model.arrivals += 1
+            return []
+        out = self._ingest(model, fb, created_at)
+        if fb.label == 0:
+            model.negative_frontier = max(model.negative_frontier, int(imp.ts))
+            while model.pending and model.pending[0][0] <= model.negative_frontier:
+                out += self._ingest(model, heapq.heappop(model.pending)[2], created_at)
+        return out
+
+    def _ingest(self, model: _Model, fb: Feedback, created_at: str) -> list[dict[str, Any]]:
+        imp = fb.impression
+        cfg = self._cfg
+        z = min(max(float(imp.logit), -_Z_MAX), _Z_MAX)
+        y = int(fb.label)
+        ts = int(imp.ts)
+        seq = model.seq
+        model.seq += 1
+        holdout = self.is_holdout(imp.impression_id)
+        seg_key = SEGMENT_PREFIX + imp.segment
+        seg_state = model.scope(seg_key)
+        seg_state.add(z, y, ts, seq, holdout)
+        # The global sketch is the merge of segment sketches (see global_sketch).
+        model.scopes[GLOBAL].add(z, y, ts, seq, holdout, model.seg_codes[seg_key], sketch=False)
+
+        user_key = (imp.model_id, imp.user_id)
+        buf = self._users.get(user_key)
+        if buf is None:
+            buf = self._users[user_key] = UserBuffer(cfg.user_buffer, imp.segment)
+        else:
+            self._users.move_to_end(user_key)
+        buf.append(z, y, ts, holdout, seq, imp.segment)
+        self._expire_users()
+
+        out: list[dict[str, Any]] = []
+        model.since_refit += 1
+        if model.since_refit >= cfg.recalibrate_every:
+            model.since_refit = 0
+            out += self._refit_model(imp.model_id, model, drift=False, created_at=created_at)
+        if buf.since_check >= cfg.user_check_every:
+            buf.since_check = 0
+            msg = self._check_user(imp.model_id, model, imp.user_id, buf, created_at)
+            if msg is not None:
+                out.append(msg)
+        return out
+
+    def request_refit(
+        self,
+        model_id: str,
+        scope: str = GLOBAL,
+        reason: str = "drift",
+        *,
+        created_at: str,
+    ) -> list[dict[str, Any]]:
+        """Refit ``(model_id, scope)`` now; the entry point of the drift detectors.
+
+        ``reason`` is ``"drift"`` (the change path runs without requiring the recent fit to
+        beat the sketch fit too, the published versions say ``drift``, and when the evidence
+        is not yet enough the next ``drift_pending_refits`` scheduled refits stay in drift
+        mode) or ``"scheduled"``. A global refit also refits the segments. Unknown models or
+        scopes publish nothing.
+        """
+        _check_created_at(created_at)
+        if reason not in ("drift", "scheduled"):
+            raise ConfigError(f"reason must be 'drift' or 'scheduled'; got {reason!r}")
+        model = self._models.get(model_id)
+        if model is None:
+            return []
+        drift = reason == "drift"
+        if scope == GLOBAL:
+            if drift:
+                model.scopes[GLOBAL].pending_drift = self._cfg.drift_pending_refits
+            return self._refit_model(model_id, model, drift=drift, created_at=created_at)
+        if scope.startswith(SEGMENT_PREFIX) and scope in model.scopes:
+            state = model.scopes[scope]
+            if drift:
+                state.pending_drift = self._cfg.drift_pending_refits
+            out = self._refit_segment(model_id, model, scope, state, drift, created_at)
+            return out + self._sync_users(model_id, model, created_at, drift)
+        if scope.startswith(USER_PREFIX):
+            user_id = scope[len(USER_PREFIX):]
+            buf = self._users.get((model_id, user_id))
+            if buf is None:
+                return []
+            msg = self._check_user(model_id, model, user_id, buf, created_at, drift=drift)
+            return [] if msg is None else [msg]
+        return []
+
+    # ------------------------------------------------------------------ model refit
+
+    def _refit_model(
+        self, model_id: str, model: _Model, *, drift: bool, created_at: str
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        g = model.scopes[GLOBAL]
+        g_drift = drift or g.pending_drift > 0
+        msg = self._refit_scope(model_id, model, GLOBAL, g, g_drift, created_at)
+        if msg is not None:
+            out.append(msg)
+            g.pending_drift = 0
+        elif g.pending_drift > 0 and not drift:
+            g.pending_drift -= 1
+        for key in model.segment_keys():
+            state = model.scopes[key]
+            if state.regime_seq >= g.regime_seq or state.survived_regime >= g.regime_seq:
+                continue
+            # The global changed regime. A segment with a calibrator of its own keeps it if
+            # its events since the change still fit it; otherwise (or with too few events
+            # to tell) its older data describe the old world, and so does its version: it
+            # mirrors the global until its own new-regime fit replaces the mirror.
+            if state.covered and self._survives(state, g.regime_seq):
+                state.survived_regime = g.regime_seq
+                continue
+            state.restart(g.regime_seq, self._cfg.half_life_ms)
+            if state.current is not None:
+                state.follow = True
+        for key in model.segment_keys():
+            out += self._refit_segment(model_id, model, key, model.scopes[key], g_drift,
+                                       created_at)
+        out += self._sync_users(model_id, model, created_at, g_drift)
+        return out
+
+    def _survives(self, state: ScopeState, change_seq: int) -> bool:
+        """Whether a segment's own version still fits its events since ``change_seq``: the
+        change test of ``_change_path`` at the lenient ``drift_alpha`` finds nothing, on
+        at least a quarter window of events."""
+        cfg = self._cfg
+        assert state.current is not None
+        z, y, _, _ = state.train.arrays(since_seq=change_seq)
+        if z.size < max(cfg.recent_window // 4, 2) or not self._enough_labels(y):
+            return False
+        served = calibrator_from_dict(state.current)
+        _, l_served = score(served, z, y)
+        _, l_refit = score(PlattCalibrator.fit(z, y), z, y)
+        return 2.0 * float((l_served - l_refit).sum()) <= -2.0 * math.log(cfg.drift_alpha)
+
+    def _refit_segment(
+        self,
+        model_id: str,
+        model: _Model,
+        key: str,
+        state: ScopeState,
+        drift: bool,
+        created_at: str,
+    ) -> list[dict[str, Any]]:
+        g = model.scopes[GLOBAL]
+        seg_drift = drift or state.pending_drift > 0
+        msg = self._refit_scope(model_id, model, key, state, seg_drift, created_at)
+        if msg is not None:
+            state.pending_drift = 0
+            return [msg]
+        if state.pending_drift > 0 and not drift:
+            state.pending_drift -= 1
+        if state.follow and not _same_calibrator(state.current, _cal_dict(g.current)):
+            return [self._mirror(model_id, model, key, state, g, created_at, seg_drift)]
+        return []
+
+    # ------------------------------------------------------------------ one scope
+
+    def _served(self, model: _Model, key: str, state: ScopeState) -> Calibrator:
+        """What serving uses for this scope now (a mirroring version is the global's)."""
+        if state.current is not None and not state.follow:
+            return calibrator_from_dict(state.current)
+        if key != GLOBAL:
+            g = model.scopes[GLOBAL].current
+            if g is not None:
+                return calibrator_from_dict(g)
+        return _IDENTITY
+
+    def _refit_scope(
+        self,
+        model_id: str,
+        model: _Model,
+        key: str,
+        state: ScopeState,
+        drift: bool,
+        created_at: str,
+    ) -> dict[str, Any] | None:
+        cfg = self._cfg
+        if state.n_events == state.last_refit_n and not drift:
+            return None  # nothing new since the last refit: same data, same decision
+        state.last_refit_n = state.n_events
+        is_global = key == GLOBAL
+        g = model.scopes[GLOBAL]
+        parent = _IDENTITY if is_global else calibrator_from_dict(g.parametric)
+        fallback = None if is_global else (
+            calibrator_from_dict(g.current) if g.current is not None else _IDENTITY
+        )
+        served = self._served(model, key, state)
+        has_served_version = state.current is not None or (
+            not is_global and g.current is not None
+        )
+
+        segs = model.global_segs() if is_global else None
+        if has_served_version:
+            change = self._change_path(key, state, segs, parent, fallback, served, drift)
+            if change is not None:
+                cand, change_seq = change
+                ez, ey, _, _ = state.holdout.arrays(since_seq=change_seq, segs=segs)
+                msg = self._publish(model_id, model, key, state, cand, served, ez, ey, drift,
+                                    created_at, None)
+                state.restart(change_seq, cfg.half_life_ms)
+                state.version_regime = state.regime_seq
+                return msg
+
+        hz, hy, _, _ = state.holdout.arrays(since_seq=state.regime_seq, segs=segs)
+        if hz.size == 0:
+            return None
+        hist = model.global_sketch() if is_global else state.sketch
+        long_scored = score_all(
+            [cd for cd in self._sketch_candidates(key, hist, parent, fallback)
+             if cd.calibrator != served or cd.name == "identity"],
+            hz, hy,
+        )
+        if not long_scored:
+            return None
+        best = self._pick(long_scored, hy)
+        served_p, served_losses = score(served, hz, hy)
+        publish = beats(served_losses, best.losses, cfg.z, cfg.min_n_eval,
+                        cfg.min_improvement)
+        fitted = [sc for sc in long_scored if sc.candidate.name in _FITTED]
+        if not publish and fitted:
+            # More data of the same regime is a better estimate in expectation; the holdout
+            # only vetoes a refinement that is *significantly* worse (asking for a better
+            # holdout NLL would let the holdout's noise veto most refinements: the NLL gap
+            # between two fits of one regime is second order in their difference). A
+            # refinement that moves no holdout prediction by a tenth of a percentage point
+            # is not worth a version.
+            refined = self._pick(fitted, hy)
+            if self._refinable(state, refined, hz.size):
+                mean, se = improvement(served_losses, refined.losses)
+                moved = float(np.abs(refined.p - served_p).max()) >= _REFINE_MIN_SHIFT
+                if mean > -cfg.z * se and moved:
+                    best, publish = refined, True
+        if not publish and is_global and state.current is None and hz.size >= cfg.min_n_eval:
+            # Bootstrap: the global scope always announces itself, identity when nothing
+            # beats it.
+            best = next(s for s in long_scored if s.candidate.name == "identity")
+            publish = True
+        if not publish:
+            return None
+        return self._publish(model_id, model, key, state, best.candidate, served, hz, hy,
+                             drift, created_at, long_scored)
+
+    def _pick(self, scored: list[Scored], y: FloatArray) -> Scored:
+        """The simplest candidate that the best one by holdout NLL does not beat beyond
+        noise (same test as publication). Simplicity: identity and the fallback (no free
+        parameter), temperature (1), Platt (2), isotonic (dozens). A richer map wins small
+        NLL margins by luck (a Platt intercept of two standard errors, an isotonic tail
+        block of a few events mapped to ~0 or ~1) and is then served for a long time."""
+        cfg = self._cfg
+        best = pick_best(scored, y, cfg.n_bins)
+        for cand in sorted(scored, key=lambda sc: (_COMPLEXITY[sc.candidate.name], sc.nll)):
+            if cand is best or not beats(cand.losses, best.losses, cfg.z, cfg.min_n_eval,
+                                         cfg.min_improvement):
+                return cand
+        return best
+
+    def _refinable(self, state: ScopeState, cand: Scored, n_eval: int) -> bool:
+        """Whether ``cand`` (a fitted map) may refine the current version: same regime,
+        ``refine_factor`` times its training weight and at least ``min_n_eval``, a different
+        map. An identity version is not an estimate and is not refined (only replaced by a
+        candidate that beats it); a mirror is a placeholder and is."""
+        cfg = self._cfg
+        cur = state.current
+        if cfg.refine_factor is None or cur is None:
+            return False
+        if cur["method"] == "identity" and not state.follow:
+            return False
+        need = max(cfg.refine_factor * float(cur["training"]["n"]), float(cfg.min_n_eval))
+        return (
+            state.version_regime == state.regime_seq
+            and n_eval >= cfg.min_refine_eval
+            and float(cand.candidate.training["n"]) >= need
+            and not _same_calibrator(cur, cand.candidate.calibrator.to_dict())
+        )
+
+    def _change_path(
+        self,
+        key: str,
+        state: ScopeState,
+        segs: NDArray[np.int64] | None,
+        parent: Calibrator,
+        fallback: Calibrator | None,
+        served: Calibrator,
+        drift: bool,
+    ) -> tuple[Candidate, int] | None:
+        """``(calibrator, change seq)`` when the newest training events show that the served
+        calibrator no longer fits, else None.
+
+        Test: the likelihood ratio of a Platt refit on the newest ``recent_window`` training
+        events of the regime against the served calibrator on the same events,
+        ``2 * sum(loss_served - loss_refit)``, a paired sum of per-event log-loss
+        differences. When the served calibrator is right it is asymptotically chi-square
+        with 2 degrees of freedom (Wilks), whose tail is ``exp(-x / 2)``: the threshold
+        ``-2 ln(alpha)`` has false-alarm probability ``alpha`` per refit. (The holdout z-test
+        of the regular path cannot do this job: it sees a fifth of the data, so a fast test
+        there would fire on noise every few hundred refits.)
+
+        The change point is the CUSUM estimate, the argmax over ``c`` of
+        ``sum_{i >= c} (loss_served - loss_refit)`` over the kept training events of the
+        regime; the calibrator is refitted on the events after it (parametric methods only,
+        chosen by BIC: a few hundred events do not support an isotonic map).
+        """
+        cfg = self._cfg
+        az, ay, ats, aseq = state.train.arrays(since_seq=state.regime_seq, segs=segs)
+        k = min(cfg.recent_window, az.size)
+        if k < max(cfg.recent_window // 4, 2):
+            return None
+        tz, ty = az[-k:], ay[-k:]
+        if not self._enough_labels(ty):
+            return None
+        refit = PlattCalibrator.fit(tz, ty)
+        _, l_served = score(served, tz, ty)
+        _, l_refit = score(refit, tz, ty)
+        stat = 2.0 * float((l_served - l_refit).sum())
+        alpha = cfg.drift_alpha if drift else cfg.change_alpha
+        if not stat > -2.0 * math.log(alpha):
+            return None
+        _, a_served = score(served, az, ay)
+        _, a_refit = score(refit, az, ay)
+        suffix = np.cumsum((a_served - a_refit)[::-1])[::-1]
+        min_post = max(cfg.recent_window // 4, cfg.min_positives + cfg.min_negatives)
+        last = max(0, az.size - min_post)
+        c = int(np.argmax(suffix[: last + 1]))
+        pz, py, pts = az[c:], ay[c:], ats[c:]
+        if not self._enough_labels(py):
+            c = az.size - k
+            pz, py, pts = tz, ty, ats[c:]
+        change_seq = int(aseq[c])
+        training = {"n": int(pz.size), "positives": int(py.sum()), "from_ts": int(pts.min()),
+                    "to_ts": int(pts.max())}
+        cands = [
+            cd for cd in self._fit_candidates(key, pz, py, None, training, parent, fallback, None)
+            if cd.calibrator != served  # the served calibrator is what the test rejected
+        ]
+        if not cands:
+            return None
+        prior = None if key == GLOBAL else cfg.segment_prior_strength
+        cands.sort(key=lambda cd: _bic(cd, pz, py, prior))
+        ez, ey, _, _ = state.holdout.arrays(since_seq=change_seq, segs=segs)
+        if ez.size < cfg.min_refine_eval:
+            return cands[0], change_seq
+        # The first by BIC that is no worse than the served calibrator on the post-change
+        # holdout (so no published version loses to its predecessor on its own metrics).
+        _, e_served = score(served, ez, ey)
+        for cand in cands:
+            _, e_cand = score(cand.calibrator, ez, ey)
+            if improvement(e_served, e_cand)[0] >= 0.0:
+                return cand, change_seq
+        return None
+
+    # ------------------------------------------------------------------ candidates
+
+    def _enough_labels(self, y: FloatArray) -> bool:
+        pos = float(y.sum())
+        return pos >= self._cfg.min_positives and y.size - pos >= self._cfg.min_negatives
+
+    def _sketch_candidates(
+        self, key: str, hist: LogitHistogram, parent: Calibrator, fallback: Calibrator | None
+    ) -> list[Candidate]:
+        cfg = self._cfg
+        if hist.n_positives < cfg.min_positives or (
+            hist.n_events - hist.n_positives < cfg.min_negatives
+        ):
+            return []
+        z, y, w = _sketch_points(hist)
+        positives = float(w[y == 1.0].sum())
+        total = float(w.sum())
+        if not (0.0 < positives < total):
+            return []
+        training = {"n": total, "positives": positives, "from_ts": hist.min_ts,
+                    "to_ts": hist.max_ts}
+        isotonic = None
+        if "isotonic" in cfg.methods and total >= cfg.isotonic_min_n:
+            isotonic = self._floored(IsotonicCalibrator.fit_sketch(hist))
+        return self._fit_candidates(key, z, y, w, training, parent, fallback, isotonic)
+
+    def _floored(self, cal: IsotonicCalibrator) -> IsotonicCalibrator:
+        eps = self._cfg.isotonic_floor
+        return IsotonicCalibrator(cal.x, np.clip(cal.y, eps, 1.0 - eps))
+
+    def _fit_candidates(
+        self,
+        key: str,
+        z: FloatArray,
+        y: FloatArray,
+        w: FloatArray | None,
+        training: dict[str, Any],
+        parent: Calibrator,
+        fallback: Calibrator | None,
+        isotonic: Calibrator | None,
+    ) -> list[Candidate]:
+        """Fitted candidates in a fixed order (the order breaks exact ties), duplicates
+        removed: global fits, or segment fits shrunk toward ``parent``; then the given
+        isotonic fit, the ``fallback`` (the global's calibrator, a segment's way back to
+        it) and identity."""
+        methods = self._cfg.methods
+        fits: list[tuple[str, Calibrator]] = []
+        if key == GLOBAL:
+            if "temperature" in methods:
+                fits.append(("temperature", TemperatureCalibrator.fit(z, y, w)))
+            if "platt" in methods:
+                fits.append(("platt", PlattCalibrator.fit(z, y, w)))
+        else:
+            if "temperature" in methods and _temperature_like(parent):
+                fits.append(
+                    ("temperature", self._shrink_temp_seg.fit_child(z, y, w, parent=parent))
+                )
+            if "platt" in methods:
+                fits.append(("platt", self._shrink_platt_seg.fit_child(z, y, w, parent=parent)))
+        if isotonic is not None:
+            fits.append(("isotonic", isotonic))
+        if fallback is not None:
+            fits.append(("fallback", fallback))
+        fits.append(("identity", _IDENTITY))
+        seen: list[dict[str, Any]] = []
+        out = []
+        for name, cal in fits:
+            d = cal.to_dict()
+            if d not in seen:
+                seen.append(d)
+                out.append(Candidate(name, cal, dict(training)))
+        return out
+
+    # ------------------------------------------------------------------ messages
+
+    def _publish(
+        self,
+        model_id: str,
+        model: _Model,
+        key: str,
+        state: ScopeState,
+        cand: Candidate,
+        served: Calibrator,
+        ez: FloatArray,
+        ey: FloatArray,
+        drift: bool,
+        created_at: str,
+        scored: list[Scored] | None,
+    ) -> dict[str, Any]:
+        p_before, _ = score(served, ez, ey)
+        p_after, _ = score(cand.calibrator, ez, ey)
+        reason = "bootstrap" if state.version == 0 else ("drift" if drift else "scheduled")
+        state.version += 1
+        msg = _message(model_id, key, state.version, cand.calibrator, model.watermark,
+                       created_at, cand.training,
+                       metrics_block(p_before, p_after, ey, self._cfg.n_bins), reason)
+        state.current = msg
+        state.follow = False
+        state.version_regime = state.regime_seq
+        state.parametric = self._parametric_of(cand, scored, ey)
+        return msg
+
+    def _parametric_of(
+        self, cand: Candidate, scored: list[Scored] | None, ey: FloatArray
+    ) -> dict[str, Any]:
+        if cand.calibrator.method in _PARAMETRIC:
+            return cand.calibrator.to_dict()
+        pool = [s for s in (scored or []) if s.candidate.calibrator.method in _PARAMETRIC]
+        if not pool:
+            return {"method": "identity", "params": {}}
+        return pick_best(pool, ey, self._cfg.n_bins).candidate.calibrator.to_dict()
+
+    def _mirror(
+        self,
+        model_id: str,
+        model: _Model,
+        key: str,
+        state: ScopeState,
+        parent_state: ScopeState,
+        created_at: str,
+        drift: bool,
+    ) -> dict[str, Any]:
+        """Publish the global's calibrator as this segment's version (``follow`` mode).
+
+        Its ``training`` is empty (no segment data went into it), so the segment's first
+        own fit of the new regime may replace it by refinement as soon as it is not
+        significantly worse on the segment's holdout.
+        """
+        cal = calibrator_from_dict(_cal_dict(parent_state.current))
+        before = calibrator_from_dict(state.current) if state.current is not None else _IDENTITY
+        ez, ey, _, _ = state.holdout.arrays(since_seq=state.regime_seq)
+        p_before, _ = score(before, ez, ey)
+        p_after, _ = score(cal, ez, ey)
+        state.version += 1
+        metrics = metrics_block(p_before, p_after, ey, self._cfg.n_bins)
+        msg = _message(model_id, key, state.version, cal, model.watermark, created_at,
+                       dict(_EMPTY_TRAINING), metrics, "drift" if drift else "scheduled")
+        state.current = msg
+        state.follow = True
+        state.version_regime = state.regime_seq
+        state.parametric = dict(parent_state.parametric)
+        return msg
+
+    # ------------------------------------------------------------------ users
+
+    def _resolve(
+        self, model: _Model, segment: str | None, user_id: str | None
+    ) -> dict[str, Any] | None:
+        if user_id is not None:
+            rec = model.user_versions.get(user_id)
+            if rec is not None:
+                return rec.current
+        if segment is not None:
+            state = model.scopes.get(SEGMENT_PREFIX + segment)
+            if state is not None and state.current is not None:
+                return state.current
+        return model.scopes[GLOBAL].current
+
+    def _user_parent(self, model: _Model, segment: str) -> Calibrator:
+        state = model.scopes.get(SEGMENT_PREFIX + segment)
+        if state is not None and state.current is not None:
+            return calibrator_from_dict(state.parametric)
+        return calibrator_from_dict(model.scopes[GLOBAL].parametric)
+
+    def _regime_of(self, model: _Model, segment: str) -> int:
+        # Segments restart with the global unless their own calibrator survived the change.
+        state = model.scopes.get(SEGMENT_PREFIX + segment)
+        return state.regime_seq if state is not None else model.scopes[GLOBAL].regime_seq
+
+    def _check_user(
+        self,
+        model_id: str,
+        model: _Model,
+        user_id: str,
+        buf: UserBuffer,
+        created_at: str,
+        drift: bool = False,
+    ) -> dict[str, Any] | None:
+        cfg = self._cfg
+        regime = self._regime_of(model, buf.segment)
+        buf.drop_before(regime)
+        z, y, ts, hold, _ = buf.columns()
+        n = int(z.size)
+        positives = float(y.sum())
+        ok, _ = self._gate.check(n, UserBuffer.distinct_days(ts), positives, n - positives)
+        if not ok:
+            return None
+        train = ~hold
+        if int(hold.sum()) < cfg.user_min_n_eval or not train.any():
+            return None
+        fallback_msg = self._resolve(model, buf.segment, None)
+        fallback = _IDENTITY if fallback_msg is None else calibrator_from_dict(fallback_msg)
+        parent = self._user_parent(model, buf.segment)
+        cand_cal = self._shrink_user.fit_child(z[train], y[train], parent=parent)
+        hz, hy = z[hold], y[hold]
+        _, l_fallback = score(fallback, hz, hy)
+        _, l_cand = score(cand_cal, hz, hy)
+        rec = model.user_versions.get(user_id)
+        own = rec.current if rec is not None and not rec.follow else None
+        if own is not None and rec is not None and rec.regime < regime:
+            own = None  # fitted in an earlier regime: judged as if absent
+        served = calibrator_from_dict(own) if own is not None else fallback
+        _, l_served = score(served, hz, hy)
+        gate = (cfg.user_z, cfg.user_min_n_eval, cfg.min_improvement)
+        if own is not None and rec is not None and beats(l_served, l_fallback, *gate):
+            # The user's version has become worse than the fallback: back to the fallback.
+            return self._user_mirror(model_id, model, user_id, rec, regime, created_at, drift)
+        if not beats(l_fallback, l_cand, *gate):
+            return None
+        if own is not None and not beats(l_served, l_cand, *gate):
+            return None
+        tz, tts = z[train], ts[train]
+        training = {"n": int(tz.size), "positives": int(y[train].sum()),
+                    "from_ts": int(tts.min()), "to_ts": int(tts.max())}
+        p_before, _ = score(served, hz, hy)
+        p_after, _ = score(cand_cal, hz, hy)
+        version = 1 if rec is None else rec.version + 1
+        reason = "bootstrap" if rec is None else ("drift" if drift else "scheduled")
+        msg = _message(model_id, USER_PREFIX + user_id, version, cand_cal, model.watermark,
+                       created_at, training, metrics_block(p_before, p_after, hy, cfg.n_bins),
+                       reason)
+        model.user_versions[user_id] = _UserVersion(version, msg, buf.segment, regime, False)
+        return msg
+
+    def _sync_users(
+        self, model_id: str, model: _Model, created_at: str, drift: bool
+    ) -> list[dict[str, Any]]:
+        """Users with a version of an older regime, or mirroring a fallback that changed,
+        get the fallback's calibrator as a new version (``follow`` mode)."""
+        out = []
+        for user_id in sorted(model.user_versions):
+            rec = model.user_versions[user_id]
+            regime = self._regime_of(model, rec.segment)
+            if not rec.follow and rec.regime >= regime:
+                continue
+            fallback = _cal_dict(self._resolve(model, rec.segment, None))
+            if rec.follow and _same_calibrator(rec.current, fallback):
+                continue
+            out.append(self._user_mirror(model_id, model, user_id, rec, regime, created_at,
+                                         drift))
+        return out
+
+    def _user_mirror(
+        self,
+        model_id: str,
+        model: _Model,
+        user_id: str,
+        rec: _UserVersion,
+        regime: int,
+        created_at: str,
+        drift: bool,
+    ) -> dict[str, Any]:
+        """Publish the user's fallback calibrator as the user's version (what a tombstone
+        would do, as a version): empty ``training``, metrics on the user's holdout."""
+        cal = calibrator_from_dict(_cal_dict(self._resolve(model, rec.segment, None)))
+        buf = self._users.get((model_id, user_id))
+        if buf is not None:
+            buf.drop_before(regime)
+            z, y, _, hold, _ = buf.columns()
+            hz, hy = z[hold], y[hold]
+        else:
+            hz = hy = np.zeros(0)
+        p_before, _ = score(calibrator_from_dict(rec.current), hz, hy)
+        p_after, _ = score(cal, hz, hy)
+        version = rec.version + 1
+        msg = _message(model_id, USER_PREFIX + user_id, version, cal, model.watermark,
+                       created_at, dict(_EMPTY_TRAINING),
+                       metrics_block(p_before, p_after, hy, self._cfg.n_bins),
+                       "drift" if drift else "scheduled")
+        model.user_versions[user_id] = _UserVersion(version, msg, rec.segment, regime, True)
+        return msg
+
+    def _expire_users(self) -> None:
+        # The LRU end holds the least recently updated user: evict while over capacity or
+        # idle for longer than the TTL in its model's event time.
+        cfg = self._cfg
+        users = self._users
+        while users:
+            key, buf = next(iter(users.items()))
+            wm = self._models[key[0]].watermark
+            if len(users) > cfg.max_users or buf.last_ts < wm - cfg.user_ttl_ms:
+                users.popitem(last=False)
+            else:
+                break
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state with ``"v": 1`` (versions, sketches, buffers: a restart resumes
+        exactly where it stopped)."""
+        models = {}
+        for model_id in sorted(self._models):
+            m = self._models[model_id]
+            models[model_id] = {
+                "seq": m.seq,
+                "since_refit": m.since_refit,
+                "watermark": m.watermark,
+                "arrivals": m.arrivals,
+                "negative_frontier": m.negative_frontier,
+                "pending": [[t, a, fb.to_dict()] for t, a, fb in sorted(m.pending,
+                                                                        key=lambda e: e[:2])],
+                "seg_codes": dict(m.seg_codes),
+                "scopes": {k: s.to_dict() for k, s in sorted(m.scopes.items())},
+                "user_versions": {
+                    u: {"version": r.version, "current": r.current, "segment": r.segment,
+                        "regime": r.regime, "follow": r.follow}
+                    for u, r in sorted(m.user_versions.items())
+                },
+            }
+        return {
+            "v": 1,
+            "config": self._cfg.to_dict(),
+            "models": models,
+            "users": [[m, u, buf.to_dict()] for (m, u), buf in self._users.items()],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RecalibrationPolicy:
+        """Inverse of ``to_dict``; malformed state raises ``InvalidInputError("schema")``."""
+        try:
+            if data.get("v") != 1:
+                raise ValueError(f"unsupported policy state version {data.get('v')!r}")
+            policy = cls(PolicyConfig.from_dict(data["config"]))
+            cfg = policy._cfg
+            for model_id, md in data["models"].items():
+                m = _Model(cfg)
+                m.seq = int(md["seq"])
+                m.since_refit = int(md["since_refit"])
+                m.watermark = int(md["watermark"])
+                m.arrivals = int(md["arrivals"])
+                m.negative_frontier = int(md["negative_frontier"])
+                m.pending = [(int(t), int(a), Feedback.from_dict(f)) for t, a, f in md["pending"]]
+                heapq.heapify(m.pending)
+                m.scopes = {k: ScopeState.from_dict(s, cfg) for k, s in md["scopes"].items()}
+                m.seg_codes = {str(k): int(v) for k, v in md["seg_codes"].items()}
+                if set(m.seg_codes) != set(m.scopes) - {GLOBAL}:
+                    raise ValueError("seg_codes must name exactly the segment scopes")
+                if GLOBAL not in m.scopes:
+                    raise ValueError("a model needs a global scope")
+                m.user_versions = {
+                    u: _UserVersion(int(r["version"]), r["current"], str(r["segment"]),
+                                    int(r["regime"]), bool(r["follow"]))
+                    for u, r in md["user_versions"].items()
+                }
+                policy._models[model_id] = m
+            for model_id, user_id, bd in data["users"]:
+                policy._users[(model_id, user_id)] = UserBuffer.from_dict(bd, cfg.user_buffer)
+        except InvalidInputError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidInputError("schema", f"invalid policy state: {exc}") from exc
+        return policy
+
+    def __repr__(self) -> str:
+        return f"RecalibrationPolicy(models={self.models()}, users={len(self._users)})"
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _message(
+    model_id: str,
+    scope: str,
+    version: int,
+    cal: Calibrator,
+    event_ts: int,
+    created_at: str,
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+    reason: str,
+) -> dict[str, Any]:
+    return {
+        "model_id": model_id,
+        "scope": scope,
+        "version": version,
+        "method": cal.method,
+        "params": cal.params(),
+        "event_ts": int(event_ts),
+        "created_at": created_at,
+        "training": training,
+        "metrics": metrics,
+        "reason": reason,
+    }
+
+
+def _copy_msg(msg: dict[str, Any] | None) -> dict[str, Any] | None:
+    if msg is None:
+        return None
+    out = dict(msg)
+    out["params"] = {k: (list(v) if isinstance(v, list) else v) for k, v in msg["params"].items()}
+    out["training"] = dict(msg["training"])
+    out["metrics"] = dict(msg["metrics"])
+    return out
+
+
+def _cal_dict(msg: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"method", "params"}`` of a version message; identity for None."""
+    if msg is None:
+        return {"method": "identity", "params": {}}
+    return {"method": msg["method"], "params": msg["params"]}
+
+
+def _bic(cand: Candidate, z: FloatArray, y: FloatArray, prior: float | None) -> float:
+    """Schwarz's criterion of a candidate on its own training events: each free parameter
+    costs ``ln n`` (identity and a copied fallback have none). Not Akaike's 2 per
+    parameter: on a few hundred post-change events AIC takes Platt's intercept for one
+    chance deviation in six, and that intercept is then served until the next refinement.
+    A fit shrunk toward a parent with a prior of ``prior`` events counts ``n / (n + prior)``
+    per parameter (its effective degrees of freedom), or a small segment would always be
+    pushed to the parameter-free choices."""
+    k = float({"temperature": 1, "platt": 2}.get(cand.name, 0))
+    n = max(z.size, 2)
+    if prior is not None:
+        k *= n / (n + prior)
+    _, losses = score(cand.calibrator, z, y)
+    return k * math.log(n) + 2.0 * float(losses.sum())
+
+
+def _same_calibrator(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(a["method"] == b["method"] and a["params"] == b["params"])
+
+
+def _temperature_like(cal: Calibrator) -> bool:
+    return isinstance(cal, (IdentityCalibrator, TemperatureCalibrator))
+
+
+def _sketch_points(hist: LogitHistogram) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Each non-empty bin as (mean logit, 1, positives) and (mean logit, 0, negatives)."""
+    zb, wb, pos, _ = hist.arrays()
+    pos = np.clip(pos, 0.0, wb)
+    z = np.concatenate([zb, zb])
+    y = np.concatenate([np.ones_like(zb), np.zeros_like(zb)])
+    w = np.concatenate([pos, wb - pos])
+    keep = w > 0.0
+    return z[keep], y[keep], w[keep]
+
+
+def _check_created_at(created_at: object) -> None:
+    if not isinstance(created_at, str) or not created_at:
+        raise InvalidInputError(
+            "schema", f"created_at must be an ISO 8601 UTC string; got {created_at!r}"
+        )
+

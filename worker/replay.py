@@ -1,0 +1,281 @@
+"""Runtime B: replay a JSONL file of impressions and clicks through the core, in file order.
+
+The file is read line by line exactly as one Kafka partition would deliver it, with each
+line's `ts` as event time; at the end of the file the watermark is +inf, so every pending
+impression matures. Outputs are JSONL files in an output directory; they are deterministic
+for a given input file and settings (dead letters carry the event-time clock, not the wall
+clock, in `received_at` for that reason).
+
+Every mature feedback event also goes through the `RecalibrationPolicy` (DESIGN §5), and the
+calibrator versions it publishes are written to `calibrators.jsonl` in emission order. Their
+`created_at` is, for the same reason, not the wall clock but the replay's event-time
+watermark at publication (the largest `ts` or `label_ts` seen so far) as ISO 8601 UTC with
+milliseconds, e.g. "2026-01-01T00:05:00.000Z".
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from worker.core.codec.input_decoder import InputDecoder
+from worker.core.errors import InvalidInputError
+from worker.core.join.attribution_join import AttributionJoin
+from worker.core.join.join_step import JoinStep
+from worker.core.policy import PolicyConfig, RecalibrationPolicy
+from worker.core.records.dead_letter import DeadLetter
+from worker.core.records.feedback import Feedback
+from worker.core.records.impression import Impression
+
+OUTPUT_FILES = ("feedback.jsonl", "dlq.jsonl", "calibrators.jsonl")
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """What a replay needs; built from `Settings` by the CLI."""
+
+    window_ms: int = 1_800_000
+    allowed_lateness_ms: int = 60_000
+    max_message_bytes: int = 65_536
+    recalibrate_every: int = 1000
+    # The policy's other knobs; ``recalibrate_every`` above always wins over the one in here.
+    policy: PolicyConfig | None = None
+
+    def policy_config(self) -> PolicyConfig:
+        base = self.policy if self.policy is not None else PolicyConfig()
+        return replace(base, recalibrate_every=self.recalibrate_every)
+
+
+@dataclass
+class ReplaySummary:
+    lines: int = 0
+    impressions: int = 0
+    clicks: int = 0
+    feedback: int = 0
+    feedback_positive: int = 0
+    feedback_negative: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    calibrators: Counter[str] = field(default_factory=Counter)
+    calibrator_reasons: Counter[str] = field(default_factory=Counter)
+    join: dict[str, int] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        events_per_s = self.lines / self.wall_seconds if self.wall_seconds > 0 else None
+        return {
+            "lines": self.lines,
+            "impressions": self.impressions,
+            "clicks": self.clicks,
+            "feedback": self.feedback,
+            "feedback_positive": self.feedback_positive,
+            "feedback_negative": self.feedback_negative,
+            "dead_letters": dict(sorted(self.dead_letters.items())),
+            "dead_letters_total": sum(self.dead_letters.values()),
+            "calibrators": dict(sorted(self.calibrators.items())),
+            "calibrators_total": sum(self.calibrators.values()),
+            "calibrators_by_reason": dict(sorted(self.calibrator_reasons.items())),
+            "join": self.join,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "events_per_second": round(events_per_s, 1) if events_per_s else None,
+        }
+
+
+def _iso_ms(ts_ms: float) -> str:
+    if ts_ms == float("-inf") or ts_ms != ts_ms:
+        ts_ms = 0
+    return (
+        datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+class Replay:
+    """Drives the core over replay lines and writes every output through `write(name, obj)`.
+
+    With a `policy`, every feedback event is also fed to it and the calibrator versions it
+    publishes are written as `"calibrators"`; without one (the default, for callers that
+    only want the join) nothing is recalibrated.
+    """
+
+    def __init__(
+        self,
+        config: ReplayConfig,
+        write: Callable[[str, dict[str, Any]], None],
+        source_name: str = "replay",
+        policy: RecalibrationPolicy | None = None,
+    ) -> None:
+        self._config = config
+        self._write = write
+        self._source = source_name
+        self._decoder = InputDecoder(max_message_bytes=config.max_message_bytes)
+        self._join = AttributionJoin(
+            window_ms=config.window_ms, allowed_lateness_ms=config.allowed_lateness_ms
+        )
+        self._max_ts = float("-inf")
+        self._policy = policy
+        self._policy_clock = float("-inf")
+        self.summary = ReplaySummary()
+
+    def process_line(self, raw: bytes, line_no: int) -> None:
+        self.summary.lines += 1
+        try:
+            event = self._decoder.decode_replay_line(raw)
+            if event.ts > self._max_ts:
+                self._max_ts = event.ts
+            if isinstance(event, Impression):
+                self.summary.impressions += 1
+                step = self._join.add_impression(event)
+            else:
+                self.summary.clicks += 1
+                step = self._join.add_click(event, ref=line_no)
+        except InvalidInputError as exc:
+            self._dead_letter(raw, line_no, _key_of(raw), exc.reason, str(exc))
+            return
+        self._emit(step)
+
+    def finish(self) -> ReplaySummary:
+        self._emit(self._join.finish())
+        self.summary.join = self._join.stats.to_dict()
+        return self.summary
+
+    def _emit(self, step: JoinStep) -> None:
+        for fb in step.feedback:
+            self.summary.feedback += 1
+            if fb.label:
+                self.summary.feedback_positive += 1
+            else:
+                self.summary.feedback_negative += 1
+            self._write("feedback", fb.to_dict())
+            if self._policy is not None:
+                self._recalibrate(fb)
+        for click, ref in step.orphans:
+            self._dead_letter(
+                orjson.dumps(click.to_dict()),
+                ref if isinstance(ref, int) else None,
+                click.user_id,
+                "orphan_click",
+                f"click for impression {click.impression_id!r} of user {click.user_id!r} "
+                "found no impression within the attribution window",
+            )
+
+    def _recalibrate(self, fb: Feedback) -> None:
+        # created_at is the event-time watermark, not the wall clock: replays stay
+        # deterministic (see the module docstring).
+        self._policy_clock = max(self._policy_clock, self._max_ts, fb.label_ts, fb.impression.ts)
+        assert self._policy is not None
+        for msg in self._policy.update(fb, created_at=_iso_ms(self._policy_clock)):
+            self.summary.calibrators[msg["scope"].split(":", 1)[0]] += 1
+            self.summary.calibrator_reasons[msg["reason"]] += 1
+            self._write("calibrators", msg)
+
+    def _dead_letter(
+        self, raw: bytes, line_no: int | None, key: str | None, reason: str, error: str
+    ) -> None:
+        self.summary.dead_letters[reason] += 1
+        letter = DeadLetter(
+            source_topic=self._source,
+            partition=0,
+            offset=line_no,
+            key=key,
+            reason=reason,
+            error=error,
+            payload=raw,
+            received_at=_iso_ms(self._max_ts),
+        )
+        self._write("dlq", letter.to_dict())
+
+
+def _key_of(raw: bytes) -> str | None:
+    """Best-effort user_id of a rejected line, for the dead letter's key."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    user = obj.get("user_id") if isinstance(obj, dict) else None
+    return user if isinstance(user, str) else None
+
+
+class _Outputs:
+    """One buffered JSONL file per output stream."""
+
+    def __init__(self, out_dir: Path, names: Iterable[str]) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, IO[bytes]] = {
+            # Closed together in close(); a context manager per file would not fit the loop.
+            name: open(out_dir / f"{name}.jsonl", "wb", buffering=1 << 20)  # noqa: SIM115
+            for name in names
+        }
+
+    def write(self, name: str, obj: dict[str, Any]) -> None:
+        self._files[name].write(orjson.dumps(obj) + b"\n")
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+
+
+def run_replay(
+    events_path: Path,
+    out_dir: Path,
+    config: ReplayConfig,
+    progress: IO[str] | None = None,
+) -> ReplaySummary:
+    """Replay `events_path` into `out_dir`; returns (and writes) the summary."""
+    outputs = _Outputs(out_dir, (name.removesuffix(".jsonl") for name in OUTPUT_FILES))
+    replay = Replay(
+        config,
+        outputs.write,
+        source_name=f"replay:{events_path.name}",
+        policy=RecalibrationPolicy(config.policy_config()),
+    )
+    total_bytes = events_path.stat().st_size
+    started = time.perf_counter()
+    last_report = started
+    read_bytes = 0
+    try:
+        with open(events_path, "rb", buffering=1 << 20) as handle:
+            for line_no, line in enumerate(handle):
+                read_bytes += len(line)
+                raw = line.rstrip(b"\r\n")
+                if not raw.strip():
+                    continue
+                replay.process_line(raw, line_no)
+                if progress is not None and (line_no & 0x3FFF) == 0:
+                    now = time.perf_counter()
+                    if now - last_report >= 0.5:
+                        last_report = now
+                        _report_progress(
+                            progress, read_bytes, total_bytes, line_no + 1, now - started
+                        )
+        summary = replay.finish()
+    finally:
+        outputs.close()
+    summary.wall_seconds = time.perf_counter() - started
+    if progress is not None:
+        _report_progress(progress, total_bytes, total_bytes, summary.lines, summary.wall_seconds)
+        progress.write("\n")
+    (out_dir / "summary.json").write_bytes(
+        orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2) + b"\n"
+    )
+    return summary
+
+
+def _report_progress(stream: IO[str], done: int, total: int, lines: int, seconds: float) -> None:
+    share = done / total if total else 1.0
+    rate = lines / seconds if seconds > 0 else 0.0
+    stream.write(f"\rreplay: {share:6.1%}  {lines:,} lines  {rate:,.0f} lines/s")
+    stream.flush()
+
+
+def progress_stream() -> IO[str] | None:
+    """Progress goes to stderr only when it is a terminal."""
+    return sys.stderr if sys.stderr.isatty() else None
