@@ -6,11 +6,13 @@ impression matures. Outputs are JSONL files in an output directory; they are det
 for a given input file and settings (dead letters carry the event-time clock, not the wall
 clock, in `received_at` for that reason).
 
-Every mature feedback event also goes through the `RecalibrationPolicy` (DESIGN §5), and the
-calibrator versions it publishes are written to `calibrators.jsonl` in emission order. Their
-`created_at` is, for the same reason, not the wall clock but the replay's event-time
-watermark at publication (the largest `ts` or `label_ts` seen so far) as ISO 8601 UTC with
-milliseconds, e.g. "2026-01-01T00:05:00.000Z".
+Every join output also goes through the `FeedbackMonitor` (DESIGN §5–§7): the recalibration
+policy's calibrator versions go to `calibrators.jsonl`, drift alerts (firing and resolved) to
+`alerts.jsonl`, tier changes and the final snapshot of every (user, arm) posterior to
+`posteriors.jsonl` (tier changes carry `"type": "tier_change"`), all in emission order. Their
+`created_at` is, for the same reason, not the wall clock but the replay's event-time clock
+(the largest `ts` seen so far) as ISO 8601 UTC with milliseconds, e.g.
+"2026-01-01T00:05:00.000Z".
 """
 
 from __future__ import annotations
@@ -30,12 +32,18 @@ from worker.core.codec.input_decoder import InputDecoder
 from worker.core.errors import InvalidInputError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.join.join_step import JoinStep
+from worker.core.pipeline import FeedbackMonitor, MonitorOutputs
 from worker.core.policy import PolicyConfig, RecalibrationPolicy
 from worker.core.records.dead_letter import DeadLetter
-from worker.core.records.feedback import Feedback
 from worker.core.records.impression import Impression
 
-OUTPUT_FILES = ("feedback.jsonl", "dlq.jsonl", "calibrators.jsonl")
+OUTPUT_FILES = (
+    "feedback.jsonl",
+    "dlq.jsonl",
+    "calibrators.jsonl",
+    "alerts.jsonl",
+    "posteriors.jsonl",
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,9 @@ class ReplaySummary:
     dead_letters: Counter[str] = field(default_factory=Counter)
     calibrators: Counter[str] = field(default_factory=Counter)
     calibrator_reasons: Counter[str] = field(default_factory=Counter)
+    alerts: Counter[str] = field(default_factory=Counter)
+    tier_changes: int = 0
+    posterior_snapshots: int = 0
     join: dict[str, int] = field(default_factory=dict)
     wall_seconds: float = 0.0
 
@@ -82,6 +93,9 @@ class ReplaySummary:
             "calibrators": dict(sorted(self.calibrators.items())),
             "calibrators_total": sum(self.calibrators.values()),
             "calibrators_by_reason": dict(sorted(self.calibrator_reasons.items())),
+            "alerts": dict(sorted(self.alerts.items())),
+            "tier_changes": self.tier_changes,
+            "posterior_snapshots": self.posterior_snapshots,
             "join": self.join,
             "wall_seconds": round(self.wall_seconds, 3),
             "events_per_second": round(events_per_s, 1) if events_per_s else None,
@@ -101,9 +115,11 @@ def _iso_ms(ts_ms: float) -> str:
 class Replay:
     """Drives the core over replay lines and writes every output through `write(name, obj)`.
 
-    With a `policy`, every feedback event is also fed to it and the calibrator versions it
-    publishes are written as `"calibrators"`; without one (the default, for callers that
-    only want the join) nothing is recalibrated.
+    With a `monitor` (what `run_replay` uses) every join output also goes through the
+    `FeedbackMonitor`: the recalibration policy, the drift detectors and their alerts,
+    conformal thresholds and the posteriors, written as `"calibrators"`, `"alerts"` and
+    `"posteriors"`. Without one (for callers that only want the join) only feedback and dead
+    letters are written.
     """
 
     def __init__(
@@ -111,7 +127,7 @@ class Replay:
         config: ReplayConfig,
         write: Callable[[str, dict[str, Any]], None],
         source_name: str = "replay",
-        policy: RecalibrationPolicy | None = None,
+        monitor: FeedbackMonitor | None = None,
     ) -> None:
         self._config = config
         self._write = write
@@ -121,12 +137,16 @@ class Replay:
             window_ms=config.window_ms, allowed_lateness_ms=config.allowed_lateness_ms
         )
         self._max_ts = float("-inf")
-        self._policy = policy
-        self._policy_clock = float("-inf")
+        self._monitor = monitor
         self.summary = ReplaySummary()
+
+    def _created_at(self) -> str:
+        # The event-time clock, not the wall clock, so replays stay deterministic.
+        return _iso_ms(self._max_ts)
 
     def process_line(self, raw: bytes, line_no: int) -> None:
         self.summary.lines += 1
+        monitor = self._monitor
         try:
             event = self._decoder.decode_replay_line(raw)
             if event.ts > self._max_ts:
@@ -134,20 +154,31 @@ class Replay:
             if isinstance(event, Impression):
                 self.summary.impressions += 1
                 step = self._join.add_impression(event)
+                if monitor is not None:
+                    self._publish(monitor.on_impression(event, self._created_at()))
             else:
                 self.summary.clicks += 1
+                if monitor is not None:
+                    self._publish(monitor.on_click(event, self._created_at()))
                 step = self._join.add_click(event, ref=line_no)
         except InvalidInputError as exc:
             self._dead_letter(raw, line_no, _key_of(raw), exc.reason, str(exc))
             return
-        self._emit(step)
+        if step:
+            self._emit(step)
+        if monitor is not None:
+            self._publish(monitor.tick(int(self._max_ts), self._created_at()))
 
     def finish(self) -> ReplaySummary:
+        # No monitor tick after the join's finish: a stall check past the last input is not real.
         self._emit(self._join.finish())
+        if self._monitor is not None:
+            self._publish(self._monitor.finish(None, self._created_at()))
         self.summary.join = self._join.stats.to_dict()
         return self.summary
 
     def _emit(self, step: JoinStep) -> None:
+        monitor = self._monitor
         for fb in step.feedback:
             self.summary.feedback += 1
             if fb.label:
@@ -155,8 +186,12 @@ class Replay:
             else:
                 self.summary.feedback_negative += 1
             self._write("feedback", fb.to_dict())
-            if self._policy is not None:
-                self._recalibrate(fb)
+            if monitor is not None:
+                # Labels finalised by finish() lie beyond the last input's ts; the clock
+                # follows them so a version's created_at is never before its event_ts.
+                if fb.label_ts > self._max_ts:
+                    self._max_ts = fb.label_ts
+                self._publish(monitor.on_feedback(fb, self._created_at()))
         for click, ref in step.orphans:
             self._dead_letter(
                 orjson.dumps(click.to_dict()),
@@ -166,16 +201,26 @@ class Replay:
                 f"click for impression {click.impression_id!r} of user {click.user_id!r} "
                 "found no impression within the attribution window",
             )
+        if monitor is not None:
+            for click in step.late_clicks:
+                self._publish(monitor.on_late_click(click, self._created_at()))
 
-    def _recalibrate(self, fb: Feedback) -> None:
-        # created_at is the event-time watermark, not the wall clock: replays stay
-        # deterministic (see the module docstring).
-        self._policy_clock = max(self._policy_clock, self._max_ts, fb.label_ts, fb.impression.ts)
-        assert self._policy is not None
-        for msg in self._policy.update(fb, created_at=_iso_ms(self._policy_clock)):
+    def _publish(self, out: MonitorOutputs) -> None:
+        if not out:
+            return
+        for msg in out.calibrators:
             self.summary.calibrators[msg["scope"].split(":", 1)[0]] += 1
             self.summary.calibrator_reasons[msg["reason"]] += 1
             self._write("calibrators", msg)
+        for alert in out.alerts:
+            self.summary.alerts[f"{alert['kind']}:{alert['status']}"] += 1
+            self._write("alerts", alert)
+        for change in out.tier_changes:
+            self.summary.tier_changes += 1
+            self._write("posteriors", change)
+        for snapshot in out.posteriors:
+            self.summary.posterior_snapshots += 1
+            self._write("posteriors", snapshot)
 
     def _dead_letter(
         self, raw: bytes, line_no: int | None, key: str | None, reason: str, error: str
@@ -235,7 +280,7 @@ def run_replay(
         config,
         outputs.write,
         source_name=f"replay:{events_path.name}",
-        policy=RecalibrationPolicy(config.policy_config()),
+        monitor=FeedbackMonitor(policy=RecalibrationPolicy(config.policy_config())),
     )
     total_bytes = events_path.stat().st_size
     started = time.perf_counter()

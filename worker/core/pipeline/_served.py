@@ -1,0 +1,86 @@
+"""The calibrator a scope serves, as a fast scalar function (private to the pipeline).
+
+The monitor needs the served probability of every feedback event (and of every impression,
+for the stall detector's arrival counts). ``Calibrator.apply`` goes through numpy for one
+scalar (several microseconds); these closures are plain float arithmetic with the same
+DESIGN §3 formulas, and are checked against ``calibrator_from_dict(msg).apply`` in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from worker.core.calibrators import calibrator_from_dict
+
+# DESIGN §3: z = logit(clip(score, 1e-6, 1 - 1e-6)); the clamp of a given logit is the same.
+Z_MAX = math.log((1.0 - 1e-6) / 1e-6)
+
+# (score, clamped logit) -> calibrated probability
+ServeFn = Callable[[float, float], float]
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def clamp_logit(z: float) -> float:
+    """The model logit as the calibrators see it (clipped like a score at 1e-6)."""
+    return Z_MAX if z > Z_MAX else (-Z_MAX if z < -Z_MAX else z)
+
+
+def _identity(score: float, z: float) -> float:
+    return score
+
+
+def _isotonic(xs: list[float], ys: list[float]) -> ServeFn:
+    n = len(xs)
+
+    def serve(score: float, z: float) -> float:
+        # np.interp semantics: clipped to the end values outside [x0, x_last].
+        if score <= xs[0]:
+            return ys[0]
+        if score >= xs[-1]:
+            return ys[-1]
+        i = bisect_right(xs, score) - 1
+        if i >= n - 1:
+            return ys[-1]
+        x0, x1 = xs[i], xs[i + 1]
+        t = (score - x0) / (x1 - x0)
+        return ys[i] + t * (ys[i + 1] - ys[i])
+
+    return serve
+
+
+def serve_fn(msg: Mapping[str, Any] | None) -> ServeFn:
+    """The scalar map of a version message (``None``: identity).
+
+    The message is validated by building the real calibrator once, so a malformed message
+    fails here exactly as it would in ``calibrator_from_dict``.
+    """
+    if msg is None:
+        return _identity
+    cal = calibrator_from_dict(msg)
+    params = cal.params()
+    if cal.method == "identity":
+        return _identity
+    if cal.method == "temperature":
+        inv_t = 1.0 / float(params["temperature"])
+        return lambda score, z: _sigmoid(z * inv_t)
+    if cal.method == "platt":
+        a = float(params["a"])
+        b = float(params["b"])
+        return lambda score, z: _sigmoid(a * z + b)
+    return _isotonic([float(v) for v in params["x"]], [float(v) for v in params["y"]])
+
+
+def calibrator_key(msg: Mapping[str, Any] | None) -> tuple[str, str]:
+    """A hashable identity of a message's map (method and params), for "same calibrator"."""
+    if msg is None:
+        return ("identity", "{}")
+    return (str(msg["method"]), repr(sorted(msg["params"].items())))
