@@ -60,9 +60,9 @@ def internal_topics(settings: Settings) -> list[str]:
 class RecalApp(faust.App):
     """``faust.App`` that lets the join runtime finish its work before faust stops.
 
-    faust's stop first waits until every message handed to an agent is acked, but it stops
-    timers before that: messages still waiting for event-time alignment would never be
-    processed and the stop would hang. ``JoinRuntime.drain`` processes them first.
+    On stop, ``JoinRuntime.drain`` processes what is aligned, finishes the persistence
+    pipeline and writes the clocks; messages still waiting for alignment stay uncommitted and
+    are received again after the restart.
     """
 
     recal: JoinRuntime | None = None
@@ -90,9 +90,12 @@ def create_app(settings: Settings, plan: TopicPlan | None = None) -> RecalApp:
         consumer_auto_offset_reset="earliest",
         topic_partitions=plan.partitions,
         topic_replication_factor=plan.replication_factor,
-        # faust must wait for every delivered message to be acked before a rebalance hands
-        # partitions over: the join runtime drains its alignment buffers for that.
-        stream_wait_empty=True,
+        # Messages still waiting for event-time alignment must NOT be processed to let a
+        # rebalance or a stop proceed: releasing buffered clicks ahead of their impressions
+        # would push the watermark past them and finalise real positives as negatives. They
+        # stay unacked (so uncommitted) and the partition's next owner, or this worker after
+        # a restart, receives them again; per-user offsets in the state skip what was applied.
+        stream_wait_empty=False,
         producer_acks=-1,
         broker_session_timeout=SESSION_TIMEOUT_S,
         broker_heartbeat_interval=3.0,

@@ -99,8 +99,6 @@ class JoinRuntime:
         # partition -> (wall ms, clock) of the last clock record queued for writing.
         self._clock_written: dict[int, tuple[int, dict[str, Any]]] = {}
         self._stream: Any = None
-        # Set by drain() at shutdown: from then on nothing waits for alignment.
-        self._draining = False
         self._pipeline: asyncio.Queue[_Step] | None = None
 
         names = self.names
@@ -173,7 +171,7 @@ class JoinRuntime:
         )
         self._received[(message.topic, partition)] = message.offset
         async with self._locks[partition]:
-            await self._run_ready(partition, drain=self._draining)
+            await self._run_ready(partition, drain=False)
 
     async def _run_ready(self, partition: int, drain: bool) -> None:
         """Process what the partition's merger releases (call with the partition's lock)."""
@@ -332,7 +330,9 @@ class JoinRuntime:
                 async with self._locks[partition]:
                     if partition not in self.router.partitions:
                         continue
-                    await self._run_ready(partition, drain=rebalancing)
+                    # Never drain the alignment buffer to let a rebalance through (see
+                    # create_app's stream_wait_empty): only what is aligned is processed.
+                    await self._run_ready(partition, drain=False)
                     if rebalancing:
                         continue
                     wall = now_ms()
@@ -393,14 +393,14 @@ class JoinRuntime:
             raise
 
     async def drain(self, timeout_s: float = 30.0) -> None:
-        """Clean stop (before faust stops the consumer): process every buffered message,
-        finish the pipeline and write the clocks, so everything received is committed."""
-        self._draining = True
+        """Clean stop (before faust stops the consumer): process what is aligned, finish the
+        pipeline and write the clocks. Messages still waiting for alignment are not forced
+        through (that would finalise negatives early); uncommitted, they come again."""
         if not self.recovered or self._stream is None or self._crashed is not None:
             return
         for partition in sorted(self.router.partitions):
             async with self._locks[partition]:
-                await self._run_ready(partition, drain=True)
+                await self._run_ready(partition, drain=False)
                 await self._write_clock(partition, now_ms(), force=True)
         try:
             await asyncio.wait_for(self.pipeline.join(), timeout_s)

@@ -26,7 +26,8 @@ def test_create_app_is_configured_safely(tmp_path: Path) -> None:
     assert conf.consumer_auto_offset_reset == "earliest"
     assert conf.processing_guarantee.value == "at_least_once"
     assert (conf.topic_partitions, conf.topic_replication_factor) == (6, 3)
-    assert conf.stream_wait_empty is True and conf.producer_acks == -1
+    # Unaligned messages must never be forced through to let a rebalance or stop proceed.
+    assert conf.stream_wait_empty is False and conf.producer_acks == -1
     runtime = app.recal
     assert runtime.state.partitions == 6
     agent = next(iter(app.agents.values()))
