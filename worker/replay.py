@@ -137,12 +137,18 @@ class Replay:
             window_ms=config.window_ms, allowed_lateness_ms=config.allowed_lateness_ms
         )
         self._max_ts = float("-inf")
+        self._created_at_ts = float("nan")
+        self._created_at_text = ""
         self._monitor = monitor
         self.summary = ReplaySummary()
 
     def _created_at(self) -> str:
-        # The event-time clock, not the wall clock, so replays stay deterministic.
-        return _iso_ms(self._max_ts)
+        # The event-time clock, not the wall clock, so replays stay deterministic. Memoised:
+        # several monitor calls per line share one clock value, and formatting is not cheap.
+        if self._max_ts != self._created_at_ts:
+            self._created_at_ts = self._max_ts
+            self._created_at_text = _iso_ms(self._max_ts)
+        return self._created_at_text
 
     def process_line(self, raw: bytes, line_no: int) -> None:
         self.summary.lines += 1
