@@ -338,3 +338,65 @@ def check_version(kind: str, data: dict[str, Any]) -> None:
     if not isinstance(data, dict) or data.get("v") != 1:
         got = data.get("v") if isinstance(data, dict) else data
         raise ConfigError(f"unsupported {kind} state version {got!r}; want 1")
+
+
+class CusumReadout:
+    """Read-only views of a detector's ``CusumBank`` (``self._bank``), shared by the CUSUM
+    detectors so each class only defines what differs."""
+
+    _bank: CusumBank
+
+    @property
+    def threshold(self) -> float:
+        """The alarm threshold ``h`` on each CUSUM sum."""
+        return self._bank.threshold
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """The monitored directions, one CUSUM sum each."""
+        return self._bank.directions
+
+    @property
+    def alarm(self) -> bool:
+        """True from an alarm until ``reset()``."""
+        return self._bank.alarm
+
+    @property
+    def direction(self) -> str | None:
+        """The direction of the latest alarm since ``reset()``, else None."""
+        return self._bank.direction
+
+    @property
+    def statistic(self) -> float:
+        """The largest current CUSUM sum."""
+        return self._bank.statistic
+
+    @property
+    def statistics(self) -> dict[str, float]:
+        """Current CUSUM sum per direction."""
+        return dict(zip(self._bank.directions, self._bank.s, strict=True))
+
+    @property
+    def alarms(self) -> int:
+        """Alarms raised over the detector's life."""
+        return self._bank.alarms
+
+    @property
+    def n(self) -> int:
+        """Monitored events since the last ``reset()`` (warm-up events excluded)."""
+        return self._bank.n
+
+    @property
+    def e_value(self) -> float:
+        """Mean of the alternatives' likelihood ratios since ``reset()`` (an e-value)."""
+        return self._bank.e_value()
+
+    @property
+    def ville_p_value(self) -> float:
+        """Anytime-valid p-value of "no change since ``reset()``"."""
+        return self._bank.ville_p_value()
+
+    @property
+    def cusum_p_value(self) -> float:
+        """p-value from the largest CUSUM sum since ``reset()``, valid at the current ``n``."""
+        return self._bank.cusum_p_value()

@@ -16,6 +16,7 @@ from worker.core.drift._cusum import (
     P_MAX,
     P_MIN,
     CusumBank,
+    CusumReadout,
     as_labels,
     as_probabilities,
     bad_p,
@@ -50,7 +51,7 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-class BaseRateShift:
+class BaseRateShift(CusumReadout):
     """Two one-sided CUSUMs on the Bernoulli click rate: rate up and rate down.
 
     Two references for "no shift":
@@ -149,46 +150,6 @@ class BaseRateShift:
 
     # ---- read-only results -------------------------------------------------------------
     @property
-    def threshold(self) -> float:
-        """The alarm threshold ``h`` on each CUSUM sum."""
-        return self._bank.threshold
-
-    @property
-    def directions(self) -> tuple[str, ...]:
-        """``('up', 'down')``: clicks above / below the reference."""
-        return self._bank.directions
-
-    @property
-    def alarm(self) -> bool:
-        """True from an alarm until ``reset()``."""
-        return self._bank.alarm
-
-    @property
-    def direction(self) -> str | None:
-        """``'up'`` or ``'down'`` for the latest alarm since ``reset()``, else None."""
-        return self._bank.direction
-
-    @property
-    def statistic(self) -> float:
-        """The larger current CUSUM sum."""
-        return self._bank.statistic
-
-    @property
-    def statistics(self) -> dict[str, float]:
-        """Current CUSUM sum per direction."""
-        return dict(zip(self._bank.directions, self._bank.s, strict=True))
-
-    @property
-    def alarms(self) -> int:
-        """Alarms raised over the detector's life."""
-        return self._bank.alarms
-
-    @property
-    def n(self) -> int:
-        """Monitored events since the last ``reset()`` (warm-up events excluded)."""
-        return self._bank.n
-
-    @property
     def warmed_up(self) -> bool:
         """Whether the detector is monitoring (always True with ``reference="expected"``)."""
         return self._mode == "expected" or self._inc is not None
@@ -199,21 +160,6 @@ class BaseRateShift:
         if self._mode != "warmup" or self._inc is None:
             return None
         return self._pos_warm / self._n_warm
-
-    @property
-    def e_value(self) -> float:
-        """Mean of the two likelihood ratios since ``reset()`` (an e-value)."""
-        return self._bank.e_value()
-
-    @property
-    def ville_p_value(self) -> float:
-        """Anytime-valid p-value of "no shift since ``reset()``"."""
-        return self._bank.ville_p_value()
-
-    @property
-    def cusum_p_value(self) -> float:
-        """p-value from the largest CUSUM sum since ``reset()``, valid at the current ``n``."""
-        return self._bank.cusum_p_value()
 
     # ---- updates -----------------------------------------------------------------------
     def _finish_warmup(self) -> None:

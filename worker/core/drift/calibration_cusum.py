@@ -17,6 +17,7 @@ from worker.core.drift._cusum import (
     P_MAX,
     P_MIN,
     CusumBank,
+    CusumReadout,
     as_labels,
     as_probabilities,
     bad_p,
@@ -46,7 +47,7 @@ def _alternative_kl(kind: str, value: float) -> float:
     return float(bernoulli_kl(p, q).max())
 
 
-class CalibrationCusum:
+class CalibrationCusum(CusumReadout):
     """Two-sided (or more) CUSUM on the Bernoulli likelihood of the served calibration.
 
     The null is "the served probability ``p`` is calibrated": ``y ~ Bernoulli(p)``
@@ -162,64 +163,9 @@ class CalibrationCusum:
 
     # ---- read-only results -------------------------------------------------------------
     @property
-    def threshold(self) -> float:
-        """The alarm threshold ``h`` on each CUSUM sum."""
-        return self._bank.threshold
-
-    @property
-    def directions(self) -> tuple[str, ...]:
-        """The alternative of each CUSUM, in order (the possible ``direction`` values)."""
-        return self._bank.directions
-
-    @property
-    def alarm(self) -> bool:
-        """True from an alarm until ``reset()``."""
-        return self._bank.alarm
-
-    @property
-    def direction(self) -> str | None:
-        """The alternative of the latest alarm since ``reset()``, or None."""
-        return self._bank.direction
-
-    @property
-    def statistic(self) -> float:
-        """The largest current CUSUM sum (alarm when above ``threshold``)."""
-        return self._bank.statistic
-
-    @property
-    def statistics(self) -> dict[str, float]:
-        """Current CUSUM sum per direction."""
-        return dict(zip(self._bank.directions, self._bank.s, strict=True))
-
-    @property
     def last_alarm_statistic(self) -> float:
         """The sum that crossed the threshold at the latest alarm (0 before any)."""
         return self._bank.last_alarm_statistic
-
-    @property
-    def alarms(self) -> int:
-        """Alarms raised over the detector's life (not cleared by ``reset()``)."""
-        return self._bank.alarms
-
-    @property
-    def n(self) -> int:
-        """Events since the last ``reset()``."""
-        return self._bank.n
-
-    @property
-    def e_value(self) -> float:
-        """Mean of the alternatives' likelihood ratios since ``reset()`` (an e-value)."""
-        return self._bank.e_value()
-
-    @property
-    def ville_p_value(self) -> float:
-        """Anytime-valid p-value of "calibrated since ``reset()``" (``m / max_t LR_t``)."""
-        return self._bank.ville_p_value()
-
-    @property
-    def cusum_p_value(self) -> float:
-        """p-value from the largest CUSUM sum since ``reset()``, valid at the current ``n``."""
-        return self._bank.cusum_p_value()
 
     # ---- updates -----------------------------------------------------------------------
     def update(self, p: float, y: int) -> bool:

@@ -12,6 +12,7 @@ from worker.core.drift._cusum import (
     DEFAULT_ARL0,
     DEFAULT_MARGIN,
     CusumBank,
+    CusumReadout,
     check_int,
     check_real,
     check_version,
@@ -23,7 +24,7 @@ from worker.core.errors import ConfigError, InvalidInputError
 _log = math.log
 
 
-class LateClickRate:
+class LateClickRate(CusumReadout):
     """One-sided Bernoulli CUSUM: is the late-click share above the acceptable rate?
 
     Each click is late (beyond the attribution window, or after its impression was
@@ -106,11 +107,6 @@ class LateClickRate:
         self._late = 0
 
     @property
-    def threshold(self) -> float:
-        """The alarm threshold ``h`` on the CUSUM sum."""
-        return self._bank.threshold
-
-    @property
     def acceptable(self) -> float:
         """The late share that is acceptable (the null)."""
         return self._acceptable
@@ -119,21 +115,6 @@ class LateClickRate:
     def alternative(self) -> float:
         """The late share the CUSUM is tuned to detect."""
         return self._alternative
-
-    @property
-    def alarm(self) -> bool:
-        """True from an alarm until ``reset()``."""
-        return self._bank.alarm
-
-    @property
-    def statistic(self) -> float:
-        """The current CUSUM sum."""
-        return self._bank.statistic
-
-    @property
-    def alarms(self) -> int:
-        """Alarms raised over the detector's life."""
-        return self._bank.alarms
 
     @property
     def clicks(self) -> int:
@@ -149,21 +130,6 @@ class LateClickRate:
     def late_share(self) -> float:
         """Late clicks / clicks since ``reset()`` (NaN before any click)."""
         return self._late / self._clicks if self._clicks else math.nan
-
-    @property
-    def e_value(self) -> float:
-        """Likelihood ratio since ``reset()`` (an e-value)."""
-        return self._bank.e_value()
-
-    @property
-    def ville_p_value(self) -> float:
-        """Anytime-valid p-value of "late share <= acceptable since ``reset()``"."""
-        return self._bank.ville_p_value()
-
-    @property
-    def cusum_p_value(self) -> float:
-        """p-value from the largest CUSUM sum since ``reset()`` (fixed horizon)."""
-        return self._bank.cusum_p_value()
 
     def update(self, late: bool) -> bool:
         """Account for one click (``late``: whether it was late); True on an alarm."""

@@ -12,6 +12,7 @@ from worker.core.drift._cusum import (
     DEFAULT_ARL0,
     DEFAULT_MARGIN,
     CusumBank,
+    CusumReadout,
     check_int,
     check_real,
     check_version,
@@ -33,7 +34,7 @@ def _bad_logit(z: object) -> InvalidInputError:
     return InvalidInputError("schema", f"logit must be a finite number; got {z!r}")
 
 
-class ScoreShift:
+class ScoreShift(CusumReadout):
     """Sequential test for a shift of the score distribution; needs no labels.
 
     A warm-up of ``warmup`` events fixes the reference distribution of the logits (a
@@ -144,64 +145,9 @@ class ScoreShift:
 
     # ---- read-only results -------------------------------------------------------------
     @property
-    def threshold(self) -> float:
-        """The alarm threshold ``h`` on each CUSUM sum."""
-        return self._bank.threshold
-
-    @property
-    def directions(self) -> tuple[str, ...]:
-        """The alternative of each CUSUM, in order."""
-        return self._bank.directions
-
-    @property
-    def alarm(self) -> bool:
-        """True from an alarm until ``reset()``."""
-        return self._bank.alarm
-
-    @property
-    def direction(self) -> str | None:
-        """The alternative of the latest alarm since ``reset()``, or None."""
-        return self._bank.direction
-
-    @property
-    def statistic(self) -> float:
-        """The largest current CUSUM sum."""
-        return self._bank.statistic
-
-    @property
-    def statistics(self) -> dict[str, float]:
-        """Current CUSUM sum per direction."""
-        return dict(zip(self._bank.directions, self._bank.s, strict=True))
-
-    @property
-    def alarms(self) -> int:
-        """Alarms raised over the detector's life."""
-        return self._bank.alarms
-
-    @property
-    def n(self) -> int:
-        """Monitored events since the last ``reset()`` (warm-up events excluded)."""
-        return self._bank.n
-
-    @property
     def warmed_up(self) -> bool:
         """Whether the reference is fixed and the CUSUMs run."""
         return self._mid is not None
-
-    @property
-    def e_value(self) -> float:
-        """Mean of the alternatives' likelihood ratios since ``reset()`` (an e-value)."""
-        return self._bank.e_value()
-
-    @property
-    def ville_p_value(self) -> float:
-        """Anytime-valid p-value of "no shift since ``reset()``"."""
-        return self._bank.ville_p_value()
-
-    @property
-    def cusum_p_value(self) -> float:
-        """p-value from the largest CUSUM sum since ``reset()``, valid at the current ``n``."""
-        return self._bank.cusum_p_value()
 
     # ---- updates -----------------------------------------------------------------------
     def _finish_warmup(self) -> None:
