@@ -11,8 +11,6 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from worker.core.metrics import calibration_metrics
-
 STUDY_PATH = Path(__file__).resolve().parents[2] / "bench" / "streamrec_study.py"
 
 

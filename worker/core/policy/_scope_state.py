@@ -22,6 +22,10 @@ class ScopeState:
     regime), which is treated as "no own version" when candidates are judged.
     ``parametric``: the parametric calibrator that stands in for ``current`` as a shrinkage
     parent (``{"method", "params"}``).
+    ``residual``: the segment's own offset from the global, ``(a, b)`` with
+    ``segment = global o residual`` in logit space, carried over a global regime change
+    that its own calibrator did not survive: until the segment has new-regime data of its
+    own, its version is the new global composed with it, and its fits shrink toward that.
     """
 
     __slots__ = (
@@ -32,7 +36,9 @@ class ScopeState:
         "n_events",
         "parametric",
         "pending_drift",
+        "refine_at",
         "regime_seq",
+        "residual",
         "sketch",
         "survived_regime",
         "train",
@@ -47,12 +53,16 @@ class ScopeState:
         self.current: dict[str, Any] | None = None
         self.follow = False
         self.parametric: dict[str, Any] = {"method": "identity", "params": {}}
+        self.residual: tuple[float, float] | None = None
         self.version = 0
         self.version_regime = 0
         self.regime_seq = 0
         # The latest global regime this segment's own version was checked against and kept.
         self.survived_regime = 0
         self.pending_drift = 0
+        # ``n_events`` at which a young version (few training events, right after a change)
+        # is due for its refinement, when that comes before the next scheduled refit.
+        self.refine_at: int | None = None
         self.n_events = 0
         self.last_refit_n = -1
 
@@ -97,11 +107,13 @@ class ScopeState:
             "current": self.current,
             "follow": self.follow,
             "parametric": self.parametric,
+            "residual": None if self.residual is None else list(self.residual),
             "version": self.version,
             "version_regime": self.version_regime,
             "regime_seq": self.regime_seq,
             "survived_regime": self.survived_regime,
             "pending_drift": self.pending_drift,
+            "refine_at": self.refine_at,
             "n_events": self.n_events,
             "last_refit_n": self.last_refit_n,
         }
@@ -116,13 +128,19 @@ class ScopeState:
             state.current = data["current"]
             state.follow = bool(data["follow"])
             state.parametric = dict(data["parametric"])
+            residual = data.get("residual")  # absent in states written before it existed
+            state.residual = None if residual is None else (
+                float(residual[0]), float(residual[1])
+            )
             state.version = int(data["version"])
             state.version_regime = int(data["version_regime"])
             state.regime_seq = int(data["regime_seq"])
             state.survived_regime = int(data["survived_regime"])
             state.pending_drift = int(data["pending_drift"])
+            refine_at = data.get("refine_at")
+            state.refine_at = None if refine_at is None else int(refine_at)
             state.n_events = int(data["n_events"])
             state.last_refit_n = int(data["last_refit_n"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise InvalidInputError("schema", f"invalid policy scope state: {exc}") from exc
         return state

@@ -45,8 +45,12 @@ class PolicyConfig:
       the holdout (mean improvement < ``-z`` SE, on at least ``min_refine_eval`` events):
       the paired test cannot see the small error of an early, small fit, and more data of
       the same regime is a better estimate. Geometric growth bounds the number of such
-      versions per regime to ``log(n_max / n_0) / log(refine_factor)``. ``None`` disables
-      refinement.
+      versions per regime to ``log(n_max / n_0) / log(refine_factor)``. A global version
+      fitted on few events (the first fit after a change) is refined as soon as the regime
+      holds ``refine_factor`` times its training events, without waiting for the next
+      scheduled refit. ``None`` disables refinement. (2 rather than 3: on the prequential
+      bench the first post-change fit, ~400 events, is ~10 % off in temperature, and a
+      factor 3 served it and its successor 1.5x longer.)
     - ``change_alpha``: false-alarm probability per refit and scope of the change test (a
       likelihood-ratio test of the served calibrator against a Platt refit on the newest
       ``recent_window`` training events); ``drift_alpha`` is its level when a drift detector
@@ -93,7 +97,7 @@ class PolicyConfig:
     z: float = 2.0
     min_improvement: float = 2e-3
     min_n_eval: int = 200
-    refine_factor: float | None = 3.0
+    refine_factor: float | None = 2.0
     min_refine_eval: int = 30
     change_alpha: float = 1e-5
     drift_alpha: float = 0.01

@@ -163,6 +163,64 @@ def test_request_refit_publishes_at_once_with_reason_drift() -> None:
         policy.request_refit("m", "global", "panic", created_at=CREATED_AT)
 
 
+def test_young_version_after_a_change_is_refined_before_the_next_scheduled_refit() -> None:
+    change = 10_000
+    ev = make_events(14_000, seed=12, change_at=change, temperature_after=1.6, gap_ms=1_000)
+    fbs = list(ev.feedback())
+    policy = RecalibrationPolicy()  # recalibrate_every 1,000, refine_factor 2
+    msgs = [m for f in fbs[: change + 600] for m in policy.update(f, created_at=CREATED_AT)]
+    drift = policy.request_refit("m", "global", "drift", created_at=CREATED_AT)[0]
+    n0 = drift["training"]["n"]
+    assert drift["reason"] == "drift" and n0 < 700
+    after: list[dict[str, Any]] = []
+    for k, f in enumerate(fbs[change + 600:]):
+        after += [dict(m, at=k) for m in policy.update(f, created_at=CREATED_AT)
+                  if m["scope"] == "global"]
+    check_messages(msgs + [drift] + [{k: v for k, v in m.items() if k != "at"} for m in after])
+    # The first refinement comes once the regime holds twice the drift version's training
+    # events (~1.1 * n0 / 0.8 events later), not 1,000 events later, and is fitted on them.
+    first = after[0]
+    assert first["at"] < 1_000 - 100 and first["at"] <= math.ceil(1.1 * n0 / 0.8) + 1
+    assert first["training"]["n"] >= 2 * n0
+    assert first["training"]["from_ts"] >= int(ev.ts[change]) - 200 * 1_000
+    # The refinements get closer to the truth, T = 1.6.
+    final = policy.resolve("m", "web", None)
+    assert np.abs(served_p(final, GRID) - sigmoid(GRID / 1.6)).max() < 0.02
+
+
+def test_small_segment_keeps_its_offset_when_the_global_changes() -> None:
+    # "new": 4 % of events, model logits offset by +0.8; the model as a whole turns
+    # over-confident (T = 1.6) at the change. Too few "new" events after the change to fit
+    # it again: it must carry its offset over, serving (z - 0.8) / 1.6, not the global z / 1.6.
+    change = 30_000
+    ev = make_events(change + 1_500, seed=13, change_at=change, temperature_after=1.6,
+                     gap_ms=1_000, segments=(("web", 0.96, 0.0), ("new", 0.04, 0.8)))
+    fbs = list(ev.feedback())
+    policy = RecalibrationPolicy()
+    msgs = [m for f in fbs[: change + 700] for m in policy.update(f, created_at=CREATED_AT)]
+    before = policy.resolve("m", "new", None)
+    assert before is not None and before["scope"] == "segment:new"
+    assert np.abs(served_p(before, GRID) - sigmoid(GRID - 0.8)).max() < 0.06
+    msgs += policy.request_refit("m", "global", "drift", created_at=CREATED_AT)
+    msgs += [m for f in fbs[change + 700:] for m in policy.update(f, created_at=CREATED_AT)]
+    check_messages(msgs)
+    g = policy.current("m", "global")
+    assert g is not None and g["event_ts"] >= int(ev.ts[change])
+    new = policy.resolve("m", "new", None)
+    assert new is not None and new["scope"] == "segment:new" and new["version"] > before["version"]
+    assert new["training"]["n"] == 0  # no post-change "new" data went into it
+    truth = sigmoid((GRID - 0.8) / 1.6)
+    err = np.abs(served_p(new, GRID) - truth).max()
+    mirror_err = np.abs(served_p(g, GRID) - truth).max()
+    assert err < 0.06 and err < mirror_err / 2
+    # It is exactly the new global composed with the segment's offset from the old one.
+    g_cal = calibrator_from_dict(g)
+    old_offset = served_p(before, GRID)  # old global was identity here
+    assert policy.resolve("m", "web", None)["scope"] == "global"  # type: ignore[index]
+    z_seg = np.log(old_offset / (1 - old_offset))
+    np.testing.assert_allclose(served_p(new, GRID), g_cal.apply_logit(z_seg), atol=1e-9)
+
+
 def test_segment_with_its_own_miscalibration_gets_a_segment_version() -> None:
     ev = make_events(40_000, seed=6, segments=(("web", 0.7, 0.0), ("app", 0.3, 0.8)),
                      gap_ms=1_000)
