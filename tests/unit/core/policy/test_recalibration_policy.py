@@ -188,6 +188,29 @@ def test_young_version_after_a_change_is_refined_before_the_next_scheduled_refit
     assert np.abs(served_p(final, GRID) - sigmoid(GRID / 1.6)).max() < 0.02
 
 
+@pytest.mark.parametrize(("gain_per_event", "picked"), [(0.005, "temperature"),
+                                                       (0.008, "platt")])
+def test_platt_needs_schwarz_margin_over_temperature(gain_per_event: float, picked: str) -> None:
+    # 500 holdout events; Platt beats temperature by many standard errors and by more
+    # than min_improvement either way. A total gain of 2.5 nats is below Schwarz's margin
+    # for one more parameter (ln 500 / 2 = 3.1 nats): the simpler form is kept; 4 nats
+    # is above it: Platt is picked.
+    from worker.core.calibrators import PlattCalibrator
+    from worker.core.policy._selection import Candidate, Scored
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(500) < 0.2).astype(np.float64)
+    temp_losses = 0.5 + rng.normal(0.0, 0.05, 500)
+    platt_losses = temp_losses - gain_per_event + rng.normal(0.0, 0.01, 500)
+    p = np.full(500, 0.2)
+    training = {"n": 2_000, "positives": 400, "from_ts": 0, "to_ts": 1}
+    temp = Scored(Candidate("temperature", TemperatureCalibrator(1.6), training), p,
+                  temp_losses)
+    platt = Scored(Candidate("platt", PlattCalibrator(0.6, -0.1), training), p, platt_losses)
+    policy = RecalibrationPolicy()
+    assert policy._pick([temp, platt], y).candidate.name == picked
+
+
 def test_small_segment_keeps_its_offset_when_the_global_changes() -> None:
     # "new": 4 % of events, model logits offset by +0.8; the model as a whole turns
     # over-confident (T = 1.6) at the change. Too few "new" events after the change to fit
