@@ -52,7 +52,8 @@ probabilities). Cells are ECE (15 bins) and NLL of each method on the window's e
 
 Done criteria (PASS/FAIL): on the drift stream, recal's ECE over the 20k impressions after
 the drift <= 1.5 x the oracle's; on the stationary stream, recal's overall ECE <= floor95.
-recal runs with the scheduled policy only: no drift detector requests a refit here.
+recal runs as ``recal replay`` does: the policy's scheduled refits plus the drift
+detectors, whose alerts request an immediate refit (the versions say ``drift``).
 
 Run:  .venv/bin/python bench/prequential.py [--quick] [--seeds 7,8,9] [--out DIR] [--events N]
 """
