@@ -670,7 +670,7 @@ class Demo:
             "--data-dir", str(self.dir / "worker"),
             "--web-port", "0",
             "--partitions", str(opts.partitions),
-            "--attribution-window-s", str(WINDOW_S),
+            "--attribution-window", str(WINDOW_S),
             "--allowed-lateness-s", str(LATENESS_S),
             "--idle-timeout-s", str(IDLE_TIMEOUT_S),
         ]

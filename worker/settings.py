@@ -8,6 +8,7 @@ and `recal` exits 2. `describe()` gives the settings for the start-up log with s
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -18,7 +19,11 @@ import orjson
 
 from worker.core.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 _SECRET_MASK = "***"
+#: faust refuses a consumer-group session timeout above its broker request timeout (90 s).
+_MAX_SESSION_TIMEOUT_S = 90.0
 
 
 def _positive(name: str, value: float) -> None:
@@ -29,6 +34,14 @@ def _positive(name: str, value: float) -> None:
 def _non_negative(name: str, value: float) -> None:
     if not value >= 0:
         raise ConfigError(f"{name} must be >= 0; got {value!r}")
+
+
+def _session_timeout(name: str, value: float) -> None:
+    if not 0 < value <= _MAX_SESSION_TIMEOUT_S:
+        raise ConfigError(
+            f"{name} must be > 0 and <= {_MAX_SESSION_TIMEOUT_S:g} seconds (faust's broker "
+            f"request timeout); got {value!r}"
+        )
 
 
 def _port(name: str, value: int) -> None:
@@ -53,6 +66,10 @@ class _Field:
     check: Callable[[str, Any], None] | None = None
     secret: bool = False
     optional: bool = False
+    #: The documented flag when it is not ``--`` + the name with dashes.
+    flag: str | None = None
+    #: Older spellings of the flag, still accepted with a warning.
+    deprecated_flags: tuple[str, ...] = ()
 
 
 _FIELDS: tuple[_Field, ...] = (
@@ -60,7 +77,9 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("topic_prefix", str, "recal.", "prefix of every topic name"),
     _Field("app_id", str, "recal", "consumer group / faust app id"),
     _Field("partitions", int, 1, "partitions when the worker creates missing topics", _positive),
-    _Field("attribution_window_s", float, 1800.0, "attribution window W in seconds", _positive),
+    # `--attribution-window S`, as `recal replay` spells it (DESIGN §11).
+    _Field("attribution_window_s", float, 1800.0, "attribution window W in seconds", _positive,
+           flag="--attribution-window", deprecated_flags=("--attribution-window-s",)),
     _Field("allowed_lateness_s", float, 60.0, "allowed event-time lateness in seconds",
            _non_negative),
     _Field("idle_timeout_s", float, 30.0,
@@ -72,6 +91,9 @@ _FIELDS: tuple[_Field, ...] = (
            _positive),
     _Field("max_future_s", float, 3600.0,
            "inputs stamped further than this in the future are dead-lettered", _positive),
+    _Field("session_timeout_s", float, 30.0,
+           "Kafka consumer-group session timeout in seconds (heartbeats every third of it): "
+           "a worker silent this long loses its partitions", _session_timeout),
     _Field("web_host", str, "127.0.0.1", "address of the metrics/health HTTP server"),
     _Field("web_port", int, 6066, "port of the metrics/health HTTP server (0: any free)", _port),
     _Field("expose_tables", bool, False, "serve table contents over HTTP (off by default)"),
@@ -98,6 +120,9 @@ def env_name(field_name: str) -> str:
 
 
 def flag_name(field_name: str) -> str:
+    field = _FIELD_BY_NAME.get(field_name)
+    if field is not None and field.flag is not None:
+        return field.flag
     return "--" + field_name.replace("_", "-")
 
 
@@ -147,6 +172,7 @@ class Settings:
     recalibrate_every: int = 1000
     max_message_bytes: int = 65536
     max_future_s: float = 3600.0
+    session_timeout_s: float = 30.0
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     expose_tables: bool = False
@@ -217,6 +243,12 @@ class Settings:
     def idle_timeout_ms(self) -> int:
         return int(self.idle_timeout_s * 1000)
 
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """Consumer-group heartbeat interval: a third of the session timeout (Kafka's
+        guidance), so two heartbeats can be lost before the session expires."""
+        return self.session_timeout_s / 3
+
     def describe(self) -> dict[str, Any]:
         """All settings for the start-up log; secrets are masked, never printed."""
         out: dict[str, Any] = {}
@@ -243,16 +275,40 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+class _DeprecatedAlias(argparse.Action):
+    """Stores the value like the documented flag and notes the old spelling, which
+    ``settings_from_args`` warns about once logging is set up."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        if option_string is not None and option_string != flag_name(self.dest):
+            used = getattr(namespace, "deprecated_flags", None) or []
+            namespace.deprecated_flags = [*used, (option_string, flag_name(self.dest))]
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
     """Add `--flag` for each setting (all, or `names`), defaulting to None (= not given)."""
     for field in _FIELDS:
         if names is not None and field.name not in names:
             continue
         help_text = f"{field.help} (env {env_name(field.name)}; default {field.default!r})"
+        if field.deprecated_flags:
+            help_text += f"; deprecated spelling: {', '.join(field.deprecated_flags)}"
         if field.kind is bool:
             parser.add_argument(
                 flag_name(field.name), dest=field.name, default=None,
                 action=argparse.BooleanOptionalAction, help=help_text,
+            )
+        elif field.deprecated_flags:
+            parser.add_argument(
+                flag_name(field.name), *field.deprecated_flags, dest=field.name, default=None,
+                type=str, action=_DeprecatedAlias, help=help_text,
             )
         else:
             parser.add_argument(
@@ -264,6 +320,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, names: list[str] | N
 
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    for old, new in getattr(args, "deprecated_flags", None) or ():
+        log.warning("%s is deprecated; use %s", old, new)
     overrides = {f.name: getattr(args, f.name, None) for f in _FIELDS}
     config_file = getattr(args, "config_file", None)
     return Settings.load(env=env, overrides=overrides, config_file=config_file)

@@ -17,8 +17,10 @@ Choices, all from DESIGN §8/§9:
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
+import time
 
 import faust
 
@@ -30,11 +32,6 @@ from worker.runtime.web import register_web
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: Consumer-group session timeout. faust's default is 60 s: a worker that died without
-#: leaving the group (SIGKILL, OOM, lost host) would hold its partitions that long before
-#: the group moves them. 10 s is Kafka's classic default (heartbeats every 3 s).
-SESSION_TIMEOUT_S = 10.0
 
 
 def resolve_web_port(settings: Settings) -> int:
@@ -50,6 +47,49 @@ def resolve_web_port(settings: Settings) -> int:
     with socket.socket(family, kind, proto) as sock:
         sock.bind(address)
         return int(sock.getsockname()[1])
+
+
+#: Allocations (net of frees) between young-generation collections; CPython's default is 700.
+GC_GEN0_THRESHOLD = 50_000
+#: Young collections per middle one and middle ones per full one (defaults 10 and 10).
+GC_GEN1_THRESHOLD = 20
+GC_GEN2_THRESHOLD = 100
+#: A collection at least this long is logged as a warning (it stalls the event loop).
+GC_SLOW_S = 1.0
+
+_gc_started = 0.0
+
+
+def _time_collections(phase: str, info: dict[str, int]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+        return
+    elapsed = time.perf_counter() - _gc_started
+    if elapsed >= GC_SLOW_S:
+        log.warning(
+            "gc: generation %s collection took %.1f s (%s collected); the event loop was "
+            "stalled", info["generation"], elapsed, info["collected"],
+        )
+
+
+def tune_gc() -> None:
+    """Collector settings for a long-running worker; call once, after start-up.
+
+    The join keeps a large heap of long-lived state (a list per pending key), and full
+    collections over it stalled the event loop for seconds (up to 9.6 s measured), long
+    enough to expire the consumer-group session and force a rebalance. Everything alive at
+    start-up (modules, faust's app) is frozen out of the collector's scans, and the
+    thresholds make collections much rarer: reference counting frees nearly all of the
+    worker's garbage (messages, records, exported state), the collector is only needed for
+    cycles, which rarer collections still find. Slow collections are logged.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, GC_GEN1_THRESHOLD, GC_GEN2_THRESHOLD)
+    if _time_collections not in gc.callbacks:
+        gc.callbacks.append(_time_collections)
+    log.info("gc: %s objects frozen, thresholds %s", gc.get_freeze_count(), gc.get_threshold())
 
 
 def internal_topics(settings: Settings) -> list[str]:
@@ -97,8 +137,11 @@ def create_app(settings: Settings, plan: TopicPlan | None = None) -> RecalApp:
         # a restart, receives them again; per-user offsets in the state skip what was applied.
         stream_wait_empty=False,
         producer_acks=-1,
-        broker_session_timeout=SESSION_TIMEOUT_S,
-        broker_heartbeat_interval=3.0,
+        # A worker that died without leaving the group (SIGKILL, OOM, lost host) holds its
+        # partitions this long (faust's default: 60 s); a live one whose event loop stalls
+        # longer is dropped and the group rebalances.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
         web_enabled=True,
         web_bind=settings.web_host,
         web_host=settings.web_host,

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     # faust is imported here so the other subcommands do not pay for it.
     import faust
 
-    from worker.runtime.app import create_app, internal_topics
+    from worker.runtime.app import create_app, internal_topics, tune_gc
 
     settings = settings_from_args(args)
     log.info("recal worker settings: %s", settings.describe())
@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         override_logging=False,
         redirect_stdouts=False,
     )
+    # Last, so the imports, the app and the worker are frozen out of the collector's scans.
+    tune_gc()
     # Exits the process: 0 after a clean shutdown, 1 after a crash.
     worker.execute_from_commandline()
     return 0  # pragma: no cover - execute_from_commandline raises SystemExit

@@ -60,6 +60,86 @@ def test_worker_subcommand_has_every_setting_flag() -> None:
 
     help_text = build_parser()._subparsers._group_actions[0].choices["worker"].format_help()
     for flag in ("--bootstrap-servers", "--topic-prefix", "--app-id", "--web-host",
-                 "--expose-tables", "--sasl-password", "--config"):
+                 "--expose-tables", "--sasl-password", "--config", "--session-timeout-s",
+                 "--attribution-window", "--attribution-window-s"):
         assert flag in help_text
     assert sys.modules.get("worker.runtime.cli") is not None
+
+
+def _worker_settings(argv: list[str], env: dict[str, str] | None = None) -> Settings:
+    from worker.cli import build_parser
+    from worker.settings import settings_from_args
+
+    return settings_from_args(build_parser().parse_args(["worker", *argv]), env=env or {})
+
+
+def test_session_timeout_flag_reaches_the_app_config(tmp_path: Path) -> None:
+    default = create_app(_worker_settings(["--data-dir", str(tmp_path), "--web-port", "0"]))
+    assert default.conf.broker_session_timeout == 30.0
+    assert default.conf.broker_heartbeat_interval == 10.0
+    settings = _worker_settings(
+        ["--session-timeout-s", "45", "--data-dir", str(tmp_path), "--web-port", "0"]
+    )
+    app = create_app(settings)
+    assert app.conf.broker_session_timeout == 45.0
+    assert app.conf.broker_heartbeat_interval == 15.0
+    from_env = _worker_settings([], env={"RECAL_SESSION_TIMEOUT_S": "12"})
+    assert (from_env.session_timeout_s, from_env.heartbeat_interval_s) == (12.0, 4.0)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "90.5", "nan"])
+def test_invalid_session_timeout_exits_2(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["worker", f"--session-timeout-s={value}"]) == 2
+    err = capsys.readouterr().err
+    assert "session_timeout_s (--session-timeout-s) must be > 0 and <= 90 seconds" in err
+
+
+def test_attribution_window_flag_and_its_deprecated_alias(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="worker.settings"):
+        documented = _worker_settings(["--attribution-window", "600"])
+    assert (documented.attribution_window_s, documented.window_ms) == (600.0, 600_000)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="worker.settings"):
+        alias = _worker_settings(["--attribution-window-s", "600"])
+    assert (alias.attribution_window_s, alias.window_ms) == (600.0, 600_000)
+    assert [r.getMessage() for r in caplog.records] == [
+        "--attribution-window-s is deprecated; use --attribution-window"
+    ]
+    assert _worker_settings([]).attribution_window_s == 1800.0
+
+
+def test_attribution_window_errors_name_the_documented_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for flag in ("--attribution-window", "--attribution-window-s"):
+        assert main(["worker", flag, "-1"]) == 2
+        assert "attribution_window_s (--attribution-window) must be > 0" in (
+            capsys.readouterr().err
+        )
+
+
+def test_tune_gc_freezes_start_up_objects_and_logs_slow_collections(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+
+    from worker.runtime import app as app_module
+
+    thresholds = gc.get_threshold()
+    try:
+        app_module.tune_gc()
+        assert gc.get_threshold() == (50_000, 20, 100)
+        assert gc.get_freeze_count() > 0
+        app_module.tune_gc()  # idempotent: one callback
+        assert gc.callbacks.count(app_module._time_collections) == 1
+        monkeypatch.setattr(app_module, "GC_SLOW_S", 0.0)
+        with caplog.at_level("WARNING", logger="worker.runtime.app"):
+            gc.collect()
+        assert any("gc: generation 2 collection took" in r.getMessage() for r in caplog.records)
+    finally:
+        if app_module._time_collections in gc.callbacks:
+            gc.callbacks.remove(app_module._time_collections)
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)

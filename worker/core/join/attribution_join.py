@@ -6,6 +6,7 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from heapq import heapify, heappop, heappush
+from operator import itemgetter
 from typing import Any
 
 from worker.core.errors import ConfigError, InvalidInputError
@@ -20,7 +21,7 @@ from worker.core.records.impression import Impression
 # time the scheduled item (lists order like tuples; ``seq`` is unique, so comparisons
 # never look past it). Keeping one object per key, changed in place, avoids a second
 # allocation and a dict lookup per expiry, which dominate the cost of the join:
-#   [deadline, seq, kind, user_id, impression_id, payload, flag, label]
+#   [deadline, seq, kind, user_id, impression_id, payload, flag, label, cached]
 # ``deadline`` is ``imp.ts + W`` (impression, tombstone) or ``click.ts + W`` (waiting
 # click) and never changes while scheduled; ``seq`` is the arrival number of the event
 # that created the entry. By kind:
@@ -28,6 +29,10 @@ from worker.core.records.impression import Impression
 #   _CLK   payload = the Click,      flag = the caller's ref
 #   _TOMB  payload = None,           flag = a late click was seen, label = 0 or 1
 #   _DEAD  replaced or removed: its scheduled item is stale and skipped
+# ``cached`` is the payload's ``to_dict()`` (None until the first export, and again once
+# the payload is dropped): the Kafka runtime re-exports a user's whole state whenever any
+# of it changes, and converting the same unchanged impressions again and again was most
+# of the worker's time. It holds only strings and numbers, so the collector never tracks it.
 _DEADLINE = 0
 _SEQ = 1
 _KIND = 2
@@ -36,6 +41,7 @@ _IID = 4
 _PAYLOAD = 5
 _FLAG = 6
 _LABEL = 7
+_CACHED = 8
 
 _IMP = 0
 _CLK = 1
@@ -48,6 +54,7 @@ _DEAD = 3
 _BUCKETS_PER_WINDOW = 1024
 
 _EMPTY = JoinStep.EMPTY
+_by_seq = itemgetter(_SEQ)
 # Stands in for a user without state so lookups need no None check; never written to
 # (a key found in it would be needed first, and it has none).
 _NO_ENTRIES: dict[str, list[Any]] = {}
@@ -246,7 +253,7 @@ class AttributionJoin:
             seq = self._seq
             self._seq = seq + 1
             if entry is None:
-                new = [deadline, seq, _IMP, uid, iid, imp, False, 0]
+                new = [deadline, seq, _IMP, uid, iid, imp, False, 0, None]
                 if entries is _NO_ENTRIES:
                     entries = users[uid] = {}
                 self._n_pending_imp += 1
@@ -257,7 +264,7 @@ class AttributionJoin:
                 cts = click.ts
                 self._n_pending_click -= 1
                 if cts - ts <= window:
-                    new = [deadline, seq, _TOMB, uid, iid, None, False, 1]
+                    new = [deadline, seq, _TOMB, uid, iid, None, False, 1, None]
                     self._n_tomb += 1
                     self._n_pos += 1
                     if cts > ts:
@@ -266,7 +273,7 @@ class AttributionJoin:
                         fb = Feedback(imp, 1, ts, cts, 0)
                     step = JoinStep([fb])
                 else:
-                    new = [deadline, seq, _IMP, uid, iid, imp, True, 0]
+                    new = [deadline, seq, _IMP, uid, iid, imp, True, 0, None]
                     self._n_pending_imp += 1
                     self._n_late_click += 1
                     step = JoinStep(late_clicks=[click])
@@ -307,7 +314,7 @@ class AttributionJoin:
             else:
                 seq = self._seq
                 self._seq = seq + 1
-                new = [deadline, seq, _CLK, uid, iid, click, ref, 0]
+                new = [deadline, seq, _CLK, uid, iid, click, ref, 0, None]
                 if entries is _NO_ENTRIES:
                     entries = users[uid] = {}
                 entries[iid] = new
@@ -323,6 +330,7 @@ class AttributionJoin:
                     # Stays scheduled at its deadline, where its retention will start.
                     entry[_KIND] = _TOMB
                     entry[_PAYLOAD] = None
+                    entry[_CACHED] = None
                     entry[_LABEL] = 1
                     self._n_pending_imp -= 1
                     self._n_tomb += 1
@@ -357,7 +365,7 @@ class AttributionJoin:
                     entry[_KIND] = _DEAD
                     seq = self._seq
                     self._seq = seq + 1
-                    new = [deadline, seq, _CLK, uid, iid, click, ref, 0]
+                    new = [deadline, seq, _CLK, uid, iid, click, ref, 0, None]
                     entries[iid] = new
                     self._schedule(new)
                     self._dirty.add(uid)
@@ -426,6 +434,7 @@ class AttributionJoin:
                     feedback.append(Feedback(entry[_PAYLOAD], 0, entry[_DEADLINE], None, None))
                     entry[_KIND] = _TOMB
                     entry[_PAYLOAD] = None
+                    entry[_CACHED] = None
                     n_negative += 1
                     queue.append(entry)
                     dirty.add(entry[_USER])
@@ -517,6 +526,8 @@ class AttributionJoin:
         ``tombstones``: ``[seq, impression_id, ts, label, late]``; each list in arrival
         order. The size grows with the user's events in the last ``2W + 2L`` of event
         time, so the runtime should write a dirty user once per batch, not per event.
+        The ``imp`` and ``click`` dicts are shared with the join (each is converted once
+        and reused by later exports): read them, serialize them, never change them.
         """
         entries = self._users.get(user_id)
         if not entries:
@@ -526,15 +537,19 @@ class AttributionJoin:
         tombstones: list[list[Any]] = []
         window = self._window_ms
         # Sorted by seq so the same state always serializes to the same bytes.
-        for entry in sorted(entries.values(), key=lambda e: e[_SEQ]):
+        for entry in sorted(entries.values(), key=_by_seq):
             kind = entry[_KIND]
             seq = entry[_SEQ]
             if kind == _IMP:
-                impressions.append(
-                    {"seq": seq, "imp": entry[_PAYLOAD].to_dict(), "late": entry[_FLAG]}
-                )
+                payload = entry[_CACHED]
+                if payload is None:
+                    payload = entry[_CACHED] = entry[_PAYLOAD].to_dict()
+                impressions.append({"seq": seq, "imp": payload, "late": entry[_FLAG]})
             elif kind == _CLK:
-                clicks.append({"seq": seq, "click": entry[_PAYLOAD].to_dict(), "ref": entry[_FLAG]})
+                payload = entry[_CACHED]
+                if payload is None:
+                    payload = entry[_CACHED] = entry[_PAYLOAD].to_dict()
+                clicks.append({"seq": seq, "click": payload, "ref": entry[_FLAG]})
             else:
                 # Positional: a heavy user keeps many tombstones, and the Kafka runtime
                 # rewrites the whole user value on every change.
@@ -612,19 +627,19 @@ class AttributionJoin:
             for item in data["impressions"]:
                 imp = Impression.from_dict(item["imp"])
                 entry = [imp.ts + window, item["seq"], _IMP, uid, imp.impression_id, imp]
-                entry += [bool(item["late"]), 0]
+                entry += [bool(item["late"]), 0, None]
                 entries[imp.impression_id] = entry
                 self._schedule(entry)
                 self._n_pending_imp += 1
             for item in data["clicks"]:
                 click = Click.from_dict(item["click"])
                 entry = [click.ts + window, item["seq"], _CLK, uid, click.impression_id, click]
-                entry += [item["ref"], 0]
+                entry += [item["ref"], 0, None]
                 entries[click.impression_id] = entry
                 self._schedule(entry)
                 self._n_pending_click += 1
             for seq, iid, ts, label, late in data["tombstones"]:
-                entry = [ts + window, seq, _TOMB, uid, iid, None, bool(late), label]
+                entry = [ts + window, seq, _TOMB, uid, iid, None, bool(late), label, None]
                 entries[iid] = entry
                 # Mirror where the original holds it: a positive tombstone whose deadline
                 # has not passed is still scheduled, to start its retention then.

@@ -6,6 +6,7 @@ import json
 import random
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +16,7 @@ from tests.unit.core.join.support import check_counters, click, imp
 from worker.core.errors import ConfigError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.join.join_step import JoinStep
+from worker.core.records.click import Click
 from worker.core.records.impression import Impression
 
 
@@ -62,6 +64,52 @@ def test_restore_from_per_user_table_continues_identically(
         check_counters(restored)
     assert restored.finish() == original.finish()
     assert restored.stats == original.stats
+
+
+@settings(max_examples=100, deadline=None)
+@given(streams(max_impressions=15))
+def test_re_exports_are_byte_identical_to_a_first_export(stream: Stream) -> None:
+    # ``export_user`` reuses each entry's converted dict; a join fed the same prefix and
+    # exported only once (so converting everything anew) must write the same bytes.
+    def fresh() -> AttributionJoin:
+        return AttributionJoin(window_ms=stream.window, allowed_lateness_ms=stream.lateness)
+
+    pairs = list(zip(stream.events, stream.refs, strict=True))
+    j = fresh()
+    for i, (event, ref) in enumerate(pairs):
+        feed(j, event, ref)
+        twin = fresh()
+        for twin_event, twin_ref in pairs[: i + 1]:
+            feed(twin, twin_event, twin_ref)
+        for uid in sorted(j.dirty_users() | twin.dirty_users()):
+            assert orjson.dumps(j.export_user(uid)) == orjson.dumps(twin.export_user(uid))
+
+
+def test_re_export_converts_each_entry_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    for cls in (Impression, Click):
+        original = cls.to_dict
+
+        def counting(self: Any, _original: Any = original) -> dict[str, Any]:
+            calls.append(self.impression_id)
+            return _original(self)  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(cls, "to_dict", counting)
+    # The lateness keeps every deadline ahead of the watermark: nothing finalizes here.
+    j = AttributionJoin(window_ms=1_000, allowed_lateness_ms=5_000)
+    j.add_impression(imp("a", 0))
+    j.add_click(click("w", 100), ref=7)
+    first = j.export_user("u1")
+    assert sorted(calls) == ["a", "w"]
+    j.add_impression(imp("b", 200))
+    j.add_click(click("a", 1_500))  # late: changes a's flag, not its impression
+    second = j.export_user("u1")
+    assert sorted(calls) == ["a", "b", "w"]
+    assert first is not None and second is not None
+    assert second["impressions"][0] == {"seq": 0, "imp": first["impressions"][0]["imp"],
+                                        "late": True}
+    assert [item["imp"]["impression_id"] for item in second["impressions"]] == ["a", "b"]
+    assert second["clicks"] == first["clicks"]
 
 
 @settings(max_examples=100, deadline=None)
