@@ -520,22 +520,13 @@ class RecalibrationPolicy:
     def _follow_target(g: ScopeState, state: ScopeState) -> dict[str, Any]:
         """What a following segment serves: the global's calibrator, composed with the
         segment's carried-over offset when both are logit-affine."""
-        gcal = _cal_dict(g.current)
-        if state.residual is not None:
-            composed = compose(gcal, state.residual)
-            if composed is not None:
-                return composed
-        return gcal
+        return _with_residual(_cal_dict(g.current), state.residual)
 
     @staticmethod
     def _segment_parent(g: ScopeState, state: ScopeState) -> Calibrator:
         """The shrinkage parent of a segment's fits: the global's parametric calibrator,
         composed with the segment's carried-over offset in a regime that began with one."""
-        if state.residual is not None:
-            composed = compose(g.parametric, state.residual)
-            if composed is not None:
-                return calibrator_from_dict(composed)
-        return calibrator_from_dict(g.parametric)
+        return calibrator_from_dict(_with_residual(g.parametric, state.residual))
 
     def _refit_scope(
         self,
@@ -1179,9 +1170,13 @@ def _change_point(served: Calibrator, z: FloatArray, y: FloatArray, min_post: in
     _, l_served = score(served, z, y)
     prefix = np.concatenate(([0.0], np.cumsum(l_served)))
 
+    costs: dict[int, float] = {}
+
     def cost(c: int) -> float:
-        _, l_fit = score(PlattCalibrator.fit(z[c:], y[c:]), z[c:], y[c:])
-        return float(prefix[c] + l_fit.sum())
+        if c not in costs:  # the fine pass revisits the best grid point
+            _, l_fit = score(PlattCalibrator.fit(z[c:], y[c:]), z[c:], y[c:])
+            costs[c] = float(prefix[c] + l_fit.sum())
+        return costs[c]
 
     step = max(1, last // _CHANGE_GRID)
     best = min(range(0, last + 1, step), key=cost)
@@ -1202,6 +1197,15 @@ def _within_schwarz_margin(simpler: Scored, richer: Scored) -> bool:
         return False
     gain = float((simpler.losses - richer.losses).sum())
     return gain <= 0.5 * (k_rich - k_simple) * math.log(max(simpler.losses.size, 2))
+
+
+def _with_residual(cal: dict[str, Any], residual: tuple[float, float] | None) -> dict[str, Any]:
+    """``cal o residual`` when there is a residual and ``cal`` is logit-affine, else ``cal``."""
+    if residual is not None:
+        composed = compose(cal, residual)
+        if composed is not None:
+            return composed
+    return cal
 
 
 def _affine_stand_in(state: ScopeState) -> dict[str, Any]:
