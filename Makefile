@@ -31,8 +31,9 @@ unit: $(STAMP)
 integration: kafka-jars
 	$(BIN)/pytest tests/integration -q -m integration
 
-test: $(STAMP) kafka-jars lint
-	$(BIN)/pytest tests -q
+# The house checks run with the tests: ruff, mypy, and the doctests of every module in worker/.
+test: $(STAMP) kafka-jars lint typecheck
+	$(BIN)/pytest tests worker --doctest-modules -q
 
 demo: kafka-jars
 	$(BIN)/recal demo
