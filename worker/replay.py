@@ -17,12 +17,12 @@ policy's calibrator versions go to `calibrators.jsonl`, drift alerts (firing and
 
 from __future__ import annotations
 
+import resource
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,10 +30,15 @@ import orjson
 
 from worker.core.codec.input_decoder import InputDecoder
 from worker.core.errors import InvalidInputError
-from worker.core.join.attribution_join import AttributionJoin
-from worker.core.join.join_step import JoinStep
-from worker.core.pipeline import FeedbackMonitor, MonitorOutputs
-from worker.core.policy import PolicyConfig, RecalibrationPolicy
+from worker.core.pipeline import (
+    InputBatch,
+    MonitorConfig,
+    Outputs,
+    Pipeline,
+    PipelineConfig,
+    iso_utc_ms,
+)
+from worker.core.policy import PolicyConfig
 from worker.core.records.dead_letter import DeadLetter
 from worker.core.records.impression import Impression
 
@@ -44,6 +49,9 @@ OUTPUT_FILES = (
     "alerts.jsonl",
     "posteriors.jsonl",
 )
+#: Lines per batch handed to the pipeline: large enough to amortise the per-batch work,
+#: small enough that a batch's outputs stay a few MB (memory is bounded by it, not the file).
+CHUNK_LINES = 4096
 
 
 @dataclass(frozen=True)
@@ -56,10 +64,19 @@ class ReplayConfig:
     recalibrate_every: int = 1000
     # The policy's other knobs; ``recalibrate_every`` above always wins over the one in here.
     policy: PolicyConfig | None = None
+    monitor: MonitorConfig | None = None
 
     def policy_config(self) -> PolicyConfig:
         base = self.policy if self.policy is not None else PolicyConfig()
         return replace(base, recalibrate_every=self.recalibrate_every)
+
+    def pipeline_config(self) -> PipelineConfig:
+        return PipelineConfig(
+            window_ms=self.window_ms,
+            allowed_lateness_ms=self.allowed_lateness_ms,
+            monitor=self.monitor if self.monitor is not None else MonitorConfig(),
+            policy=self.policy_config(),
+        )
 
 
 @dataclass
@@ -78,6 +95,11 @@ class ReplaySummary:
     posterior_snapshots: int = 0
     join: dict[str, int] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    peak_rss_mb: float | None = None
+
+    @property
+    def dead_letters_total(self) -> int:
+        return sum(self.dead_letters.values())
 
     def to_dict(self) -> dict[str, Any]:
         events_per_s = self.lines / self.wall_seconds if self.wall_seconds > 0 else None
@@ -89,7 +111,7 @@ class ReplaySummary:
             "feedback_positive": self.feedback_positive,
             "feedback_negative": self.feedback_negative,
             "dead_letters": dict(sorted(self.dead_letters.items())),
-            "dead_letters_total": sum(self.dead_letters.values()),
+            "dead_letters_total": self.dead_letters_total,
             "calibrators": dict(sorted(self.calibrators.items())),
             "calibrators_total": sum(self.calibrators.values()),
             "calibrators_by_reason": dict(sorted(self.calibrator_reasons.items())),
@@ -99,27 +121,19 @@ class ReplaySummary:
             "join": self.join,
             "wall_seconds": round(self.wall_seconds, 3),
             "events_per_second": round(events_per_s, 1) if events_per_s else None,
+            "peak_rss_mb": self.peak_rss_mb,
         }
 
 
-def _iso_ms(ts_ms: float) -> str:
-    if ts_ms == float("-inf") or ts_ms != ts_ms:
-        ts_ms = 0
-    return (
-        datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
-
-
 class Replay:
-    """Drives the core over replay lines and writes every output through `write(name, obj)`.
+    """Drives a ``Pipeline`` over replay lines and writes every output through
+    ``write(name, obj)`` (``"feedback"``, ``"dlq"``, ``"calibrators"``, ``"alerts"``,
+    ``"posteriors"``).
 
-    With a `monitor` (what `run_replay` uses) every join output also goes through the
-    `FeedbackMonitor`: the recalibration policy, the drift detectors and their alerts,
-    conformal thresholds and the posteriors, written as `"calibrators"`, `"alerts"` and
-    `"posteriors"`. Without one (for callers that only want the join) only feedback and dead
-    letters are written.
+    Lines are decoded one by one and handed to the pipeline in batches of ``chunk_lines``;
+    batch cuts do not change the outputs (``Pipeline``), so the chunk size only trades
+    memory against per-batch overhead. Each input's ``ref`` is ``(line number, raw bytes)``:
+    every dead letter carries the line it was about, byte for byte.
     """
 
     def __init__(
@@ -127,122 +141,85 @@ class Replay:
         config: ReplayConfig,
         write: Callable[[str, dict[str, Any]], None],
         source_name: str = "replay",
-        monitor: FeedbackMonitor | None = None,
+        chunk_lines: int = CHUNK_LINES,
     ) -> None:
-        self._config = config
         self._write = write
         self._source = source_name
         self._decoder = InputDecoder(max_message_bytes=config.max_message_bytes)
-        self._join = AttributionJoin(
-            window_ms=config.window_ms, allowed_lateness_ms=config.allowed_lateness_ms
-        )
-        self._max_ts = float("-inf")
-        self._created_at_ts = float("nan")
-        self._created_at_text = ""
-        self._monitor = monitor
+        self._pipeline = Pipeline(config.pipeline_config())
+        self._chunk = max(1, int(chunk_lines))
+        self._batch = InputBatch()
         self.summary = ReplaySummary()
 
-    def _created_at(self) -> str:
-        # The event-time clock, not the wall clock, so replays stay deterministic. Memoised:
-        # several monitor calls per line share one clock value, and formatting is not cheap.
-        if self._max_ts != self._created_at_ts:
-            self._created_at_ts = self._max_ts
-            self._created_at_text = _iso_ms(self._max_ts)
-        return self._created_at_text
+    @property
+    def pipeline(self) -> Pipeline:
+        return self._pipeline
 
     def process_line(self, raw: bytes, line_no: int) -> None:
         self.summary.lines += 1
-        monitor = self._monitor
+        batch = self._batch
         try:
             event = self._decoder.decode_replay_line(raw)
-            if event.ts > self._max_ts:
-                self._max_ts = event.ts
-            if isinstance(event, Impression):
+        except InvalidInputError as exc:
+            batch.add_rejected((line_no, raw), _key_of(raw), exc.reason, str(exc))
+        else:
+            if type(event) is Impression:
                 self.summary.impressions += 1
-                step = self._join.add_impression(event)
-                if monitor is not None:
-                    self._publish(monitor.on_impression(event, self._created_at()))
+                batch.add_impression(event, (line_no, raw))
             else:
                 self.summary.clicks += 1
-                if monitor is not None:
-                    self._publish(monitor.on_click(event, self._created_at()))
-                step = self._join.add_click(event, ref=line_no)
-        except InvalidInputError as exc:
-            self._dead_letter(raw, line_no, _key_of(raw), exc.reason, str(exc))
-            return
-        if step:
-            self._emit(step)
-        if monitor is not None:
-            self._publish(monitor.tick(int(self._max_ts), self._created_at()))
+                batch.add_click(event, (line_no, raw))
+        if len(batch) >= self._chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the buffered lines to the pipeline and write what they produced."""
+        if len(self._batch):
+            batch, self._batch = self._batch, InputBatch()
+            self._write_outputs(self._pipeline.process(batch))
 
     def finish(self) -> ReplaySummary:
-        # No monitor tick after the join's finish: a stall check past the last input is not real.
-        self._emit(self._join.finish())
-        if self._monitor is not None:
-            self._publish(self._monitor.finish(None, self._created_at()))
-        self.summary.join = self._join.stats.to_dict()
+        self.flush()
+        self._write_outputs(self._pipeline.finish())
+        self.summary.join = self._pipeline.join.stats.to_dict()
         return self.summary
 
-    def _emit(self, step: JoinStep) -> None:
-        monitor = self._monitor
-        for fb in step.feedback:
-            self.summary.feedback += 1
-            if fb.label:
-                self.summary.feedback_positive += 1
-            else:
-                self.summary.feedback_negative += 1
-            self._write("feedback", fb.to_dict())
-            if monitor is not None:
-                # Labels finalised by finish() lie beyond the last input's ts; the clock
-                # follows them so a version's created_at is never before its event_ts.
-                if fb.label_ts > self._max_ts:
-                    self._max_ts = fb.label_ts
-                self._publish(monitor.on_feedback(fb, self._created_at()))
-        for click, ref in step.orphans:
-            self._dead_letter(
-                orjson.dumps(click.to_dict()),
-                ref if isinstance(ref, int) else None,
-                click.user_id,
-                "orphan_click",
-                f"click for impression {click.impression_id!r} of user {click.user_id!r} "
-                "found no impression within the attribution window",
+    def _write_outputs(self, out: Outputs) -> None:
+        write = self._write
+        summary = self.summary
+        for fb in out.feedback:
+            write("feedback", fb.to_dict())
+        positives = sum(fb.label for fb in out.feedback)
+        summary.feedback += len(out.feedback)
+        summary.feedback_positive += positives
+        summary.feedback_negative += len(out.feedback) - positives
+        for rejection in out.dead_letters:
+            line_no, raw = rejection.ref
+            summary.dead_letters[rejection.reason] += 1
+            letter = DeadLetter(
+                source_topic=self._source,
+                partition=0,
+                offset=line_no,
+                key=rejection.key,
+                reason=rejection.reason,
+                error=rejection.error,
+                payload=raw,
+                received_at=iso_utc_ms(rejection.clock_ms),
             )
-        if monitor is not None:
-            for click in step.late_clicks:
-                self._publish(monitor.on_late_click(click, self._created_at()))
-
-    def _publish(self, out: MonitorOutputs) -> None:
-        if not out:
-            return
+            write("dlq", letter.to_dict())
         for msg in out.calibrators:
-            self.summary.calibrators[msg["scope"].split(":", 1)[0]] += 1
-            self.summary.calibrator_reasons[msg["reason"]] += 1
-            self._write("calibrators", msg)
+            summary.calibrators[msg["scope"].split(":", 1)[0]] += 1
+            summary.calibrator_reasons[msg["reason"]] += 1
+            write("calibrators", msg)
         for alert in out.alerts:
-            self.summary.alerts[f"{alert['kind']}:{alert['status']}"] += 1
-            self._write("alerts", alert)
+            summary.alerts[f"{alert['kind']}:{alert['status']}"] += 1
+            write("alerts", alert)
         for change in out.tier_changes:
-            self.summary.tier_changes += 1
-            self._write("posteriors", change)
+            summary.tier_changes += 1
+            write("posteriors", change)
         for snapshot in out.posteriors:
-            self.summary.posterior_snapshots += 1
-            self._write("posteriors", snapshot)
-
-    def _dead_letter(
-        self, raw: bytes, line_no: int | None, key: str | None, reason: str, error: str
-    ) -> None:
-        self.summary.dead_letters[reason] += 1
-        letter = DeadLetter(
-            source_topic=self._source,
-            partition=0,
-            offset=line_no,
-            key=key,
-            reason=reason,
-            error=error,
-            payload=raw,
-            received_at=_iso_ms(self._max_ts),
-        )
-        self._write("dlq", letter.to_dict())
+            summary.posterior_snapshots += 1
+            write("posteriors", snapshot)
 
 
 def _key_of(raw: bytes) -> str | None:
@@ -275,56 +252,107 @@ class _Outputs:
 
 
 def run_replay(
-    events_path: Path,
+    events: Path | IO[bytes],
     out_dir: Path,
     config: ReplayConfig,
     progress: IO[str] | None = None,
 ) -> ReplaySummary:
-    """Replay `events_path` into `out_dir`; returns (and writes) the summary."""
+    """Replay ``events`` (a file, or a binary stream such as standard input) into
+    ``out_dir``; returns (and writes) the summary. Memory is bounded by the chunk size,
+    not the input: lines are read, processed and their outputs written chunk by chunk."""
     outputs = _Outputs(out_dir, (name.removesuffix(".jsonl") for name in OUTPUT_FILES))
-    replay = Replay(
-        config,
-        outputs.write,
-        source_name=f"replay:{events_path.name}",
-        monitor=FeedbackMonitor(policy=RecalibrationPolicy(config.policy_config())),
-    )
-    total_bytes = events_path.stat().st_size
+    name = events.name if isinstance(events, Path) else "stdin"
+    replay = Replay(config, outputs.write, source_name=f"replay:{name}")
+    total_bytes = events.stat().st_size if isinstance(events, Path) else None
     started = time.perf_counter()
-    last_report = started
+    meter = _Progress(progress, total_bytes, started)
     read_bytes = 0
     try:
-        with open(events_path, "rb", buffering=1 << 20) as handle:
+        with (
+            open(events, "rb", buffering=1 << 20) if isinstance(events, Path)
+            else _borrowed(events)
+        ) as handle:
             for line_no, line in enumerate(handle):
                 read_bytes += len(line)
                 raw = line.rstrip(b"\r\n")
                 if not raw.strip():
                     continue
                 replay.process_line(raw, line_no)
-                if progress is not None and (line_no & 0x3FFF) == 0:
-                    now = time.perf_counter()
-                    if now - last_report >= 0.5:
-                        last_report = now
-                        _report_progress(
-                            progress, read_bytes, total_bytes, line_no + 1, now - started
-                        )
+                if (line_no & 0x3FFF) == 0:
+                    meter.show(read_bytes, line_no + 1)
         summary = replay.finish()
     finally:
         outputs.close()
     summary.wall_seconds = time.perf_counter() - started
-    if progress is not None:
-        _report_progress(progress, total_bytes, total_bytes, summary.lines, summary.wall_seconds)
-        progress.write("\n")
+    summary.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    meter.done(read_bytes, summary.lines)
     (out_dir / "summary.json").write_bytes(
         orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2) + b"\n"
     )
+    if summary.lines and summary.dead_letters_total == summary.lines:
+        reasons = ", ".join(f"{r} {n:,}" for r, n in summary.dead_letters.most_common())
+        sys.stderr.write(
+            f"warning: every one of the {summary.lines:,} lines was dead-lettered ({reasons}); "
+            f"is this a replay file (one JSON impression or click per line, with \"type\")? "
+            f"See {out_dir / 'dlq.jsonl'}\n"
+        )
     return summary
 
 
-def _report_progress(stream: IO[str], done: int, total: int, lines: int, seconds: float) -> None:
-    share = done / total if total else 1.0
-    rate = lines / seconds if seconds > 0 else 0.0
-    stream.write(f"\rreplay: {share:6.1%}  {lines:,} lines  {rate:,.0f} lines/s")
-    stream.flush()
+class _borrowed:
+    """A caller's stream used as a context manager that does not close it."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+
+    def __enter__(self) -> IO[bytes]:
+        return self._stream
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
+class _Progress:
+    """A one-line progress display: share of the file, lines, rate and ETA."""
+
+    def __init__(self, stream: IO[str] | None, total_bytes: int | None, started: float) -> None:
+        self._stream = stream
+        self._total = total_bytes
+        self._started = started
+        self._last = started
+
+    def show(self, done_bytes: int, lines: int) -> None:
+        if self._stream is None:
+            return
+        now = time.perf_counter()
+        if now - self._last >= 0.5:
+            self._last = now
+            self._write(done_bytes, lines, now - self._started)
+
+    def done(self, done_bytes: int, lines: int) -> None:
+        if self._stream is not None:
+            self._write(done_bytes, lines, time.perf_counter() - self._started)
+            self._stream.write("\n")
+            self._stream.flush()
+
+    def _write(self, done_bytes: int, lines: int, seconds: float) -> None:
+        assert self._stream is not None
+        rate = lines / seconds if seconds > 0 else 0.0
+        text = f"\rreplay: {lines:,} lines  {rate:,.0f} lines/s"
+        if self._total:
+            share = min(done_bytes / self._total, 1.0)
+            eta = seconds * (1.0 - share) / share if share > 0 else float("inf")
+            text = (f"\rreplay: {share:6.1%}  {lines:,} lines  {rate:,.0f} lines/s  "
+                    f"ETA {_duration(eta)}")
+        self._stream.write(text)
+        self._stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    return f"{minutes}:{secs:02d}"
 
 
 def progress_stream() -> IO[str] | None:

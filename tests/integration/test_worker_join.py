@@ -258,7 +258,8 @@ def replay_per_partition(lines: list[Line], partition_of: list[int]) -> tuple[li
             per_partition[p].append(line)
     feedback: list[dict[str, Any]] = []
     dlq: list[dict[str, Any]] = []
-    sinks = {"feedback": feedback, "dlq": dlq}
+    sinks: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    sinks["feedback"], sinks["dlq"] = feedback, dlq
     for p in sorted(per_partition):
         replay = Replay(
             ReplayConfig(window_ms=WINDOW_MS, allowed_lateness_ms=LATENESS_MS),

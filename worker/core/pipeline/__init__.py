@@ -1,9 +1,21 @@
-"""The per-partition pipeline after the join (DESIGN §5-§7): ``FeedbackMonitor`` runs the
-recalibration policy, the drift detectors and their alert lifecycle, conformal thresholds and
-the posteriors over the join's outputs; both runtimes drive it."""
+"""One partition's core (DESIGN §2): ``Pipeline`` runs the attribution join and, after it,
+``FeedbackMonitor`` (the recalibration policy, the drift detectors and their alert lifecycle,
+conformal thresholds and the posteriors) over ``InputBatch`` es; both runtimes drive it and
+publish its ``Outputs``."""
 
+from worker.core.pipeline.input_batch import InputBatch
 from worker.core.pipeline.monitor import FeedbackMonitor
 from worker.core.pipeline.monitor_config import MonitorConfig
-from worker.core.pipeline.monitor_outputs import MonitorOutputs
+from worker.core.pipeline.outputs import Outputs, Rejection
+from worker.core.pipeline.pipeline import Pipeline, PipelineConfig, iso_utc_ms
 
-__all__ = ["FeedbackMonitor", "MonitorConfig", "MonitorOutputs"]
+__all__ = [
+    "FeedbackMonitor",
+    "InputBatch",
+    "MonitorConfig",
+    "Outputs",
+    "Pipeline",
+    "PipelineConfig",
+    "Rejection",
+    "iso_utc_ms",
+]

@@ -18,7 +18,7 @@ from worker.core.pipeline._model import GLOBAL, SEGMENT_PREFIX, ModelState
 from worker.core.pipeline._scope import ScopeState
 from worker.core.pipeline._served import clamp_logit
 from worker.core.pipeline.monitor_config import MonitorConfig
-from worker.core.pipeline.monitor_outputs import MonitorOutputs
+from worker.core.pipeline.outputs import Outputs
 from worker.core.policy import RecalibrationPolicy
 from worker.core.posteriors import PosteriorStore
 from worker.core.records.click import Click
@@ -249,11 +249,11 @@ class FeedbackMonitor:
             model = self._models[model_id] = ModelState(self._cfg)
         return model
 
-    def on_impression(self, imp: Impression, created_at: str) -> MonitorOutputs:
+    def on_impression(self, imp: Impression, created_at: str) -> Outputs:
         """An impression the join accepted (call it right after ``join.add_impression``,
         before the step's feedback), in input order."""
         _check_created_at(created_at)
-        out = MonitorOutputs()
+        out = Outputs()
         if imp.ts > self._max_ts:
             self._max_ts = imp.ts
         model = self._model(imp.model_id)
@@ -273,25 +273,25 @@ class FeedbackMonitor:
             self._shift(imp.model_id, seg_key, seg, z, imp.ts, created_at, out)
         return out
 
-    def on_click(self, click: Click, created_at: str) -> MonitorOutputs:
+    def on_click(self, click: Click, created_at: str) -> Outputs:
         """A decoded click, in input order (counted for the stall alert's details)."""
         _check_created_at(created_at)
         if click.ts > self._max_ts:
             self._max_ts = click.ts
         self._raw_clicks.observe_clicks(1, click.ts)
-        return MonitorOutputs()
+        return Outputs()
 
-    def on_late_click(self, click: Click, created_at: str) -> MonitorOutputs:
+    def on_late_click(self, click: Click, created_at: str) -> Outputs:
         """A click the join classified as late (``JoinStep.late_clicks``)."""
         _check_created_at(created_at)
-        out = MonitorOutputs()
+        out = Outputs()
         self._click_timing(True, click.ts, created_at, out)
         return out
 
-    def on_feedback(self, fb: Feedback, created_at: str) -> MonitorOutputs:
+    def on_feedback(self, fb: Feedback, created_at: str) -> Outputs:
         """A mature label (``JoinStep.feedback``, in order); returns what it caused."""
         _check_created_at(created_at)
-        out = MonitorOutputs()
+        out = Outputs()
         imp = fb.impression
         model_id = imp.model_id
         y = fb.label
@@ -353,7 +353,7 @@ class FeedbackMonitor:
         fb: Feedback,
         alert_ts: int,
         created_at: str,
-        out: MonitorOutputs,
+        out: Outputs,
         refit: list[str],
     ) -> None:
         """One label into the calibration statistics of its segment and the global scope,
@@ -385,7 +385,7 @@ class FeedbackMonitor:
             self._labelled(model_id, GLOBAL, g, p, y, ts, alert_ts, model.qhat.get(GLOBAL),
                            created_at, out, refit)
 
-    def tick(self, event_ts: int, created_at: str) -> MonitorOutputs:
+    def tick(self, event_ts: int, created_at: str) -> Outputs:
         """The ``feedback_stall`` check of every model at input event time ``event_ts``.
 
         ``event_ts`` is the input clock (the largest impression/click ``ts`` so far, or the
@@ -397,7 +397,7 @@ class FeedbackMonitor:
         _check_created_at(created_at)
         if isinstance(event_ts, bool) or not isinstance(event_ts, int) or event_ts < 0:
             raise InvalidInputError("schema", f"event_ts must be an integer >= 0; got {event_ts!r}")
-        out = MonitorOutputs()
+        out = Outputs()
         bucket = event_ts // self._bucket_ms
         if bucket <= self._tick_bucket:
             return out  # this bucket was checked for every model already
@@ -429,12 +429,12 @@ class FeedbackMonitor:
         compacted topic)."""
         return self._store.drain_dirty(event_ts)
 
-    def finish(self, event_ts: int | None, created_at: str) -> MonitorOutputs:
+    def finish(self, event_ts: int | None, created_at: str) -> Outputs:
         """End of input: snapshots of every (user, arm) and arm posterior at ``event_ts``
         (default: the largest event time seen) in ``posteriors``."""
         _check_created_at(created_at)
         ts = self._max_ts if event_ts is None else event_ts
-        out = MonitorOutputs(posteriors=list(self._store.snapshots(ts)))
+        out = Outputs(posteriors=list(self._store.snapshots(ts)))
         self._store.drain_dirty(ts)  # all were just emitted
         return out
 
@@ -470,7 +470,7 @@ class FeedbackMonitor:
         z: float,
         ts: int,
         created_at: str,
-        out: MonitorOutputs,
+        out: Outputs,
     ) -> bool:
         """Score-shift step of one scope; True on an alarm."""
         scope.n_imp += 1
@@ -506,7 +506,7 @@ class FeedbackMonitor:
         alert_ts: int,
         qhat: float | None,
         created_at: str,
-        out: MonitorOutputs,
+        out: Outputs,
         refit: list[str],
     ) -> None:
         scope.n_fb += 1
@@ -587,7 +587,7 @@ class FeedbackMonitor:
         return self._observe("ece_high", model_id, key, active, value, self._ece.threshold,
                              ts, created_at, details)
 
-    def _click_timing(self, late: bool, ts: int, created_at: str, out: MonitorOutputs) -> None:
+    def _click_timing(self, late: bool, ts: int, created_at: str, out: Outputs) -> None:
         if ts > self._max_ts:
             self._max_ts = ts
         self._late_n += 1
@@ -609,7 +609,7 @@ class FeedbackMonitor:
     # ------------------------------------------------------------------ publication
 
     def _publish(
-        self, model: ModelState, msgs: list[dict[str, Any]], out: MonitorOutputs
+        self, model: ModelState, msgs: list[dict[str, Any]], out: Outputs
     ) -> None:
         """Record versions, add their conformal blocks, reset detectors whose served
         calibrator changed; emit the versions in the policy's order."""

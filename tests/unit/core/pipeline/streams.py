@@ -134,14 +134,14 @@ def drive(
     monitor: Any, join: Any, events: Sequence[Impression | Click], idle_minutes: int = 0
 ) -> Any:
     """Feed raw events through ``join`` and ``monitor`` as the replay does; returns the
-    concatenated ``MonitorOutputs`` (``finish`` included).
+    concatenated ``Outputs`` (``finish`` included).
 
     ``idle_minutes``: afterwards, let the partition idle that long with the wall clock
     (= event time) running, as the Kafka runtime's timer would (``join.tick``).
     """
-    from worker.core.pipeline import MonitorOutputs
+    from worker.core.pipeline import Outputs
 
-    out = MonitorOutputs()
+    out = Outputs()
     clock = 0
     for ev in events:
         clock = max(clock, ev.ts)

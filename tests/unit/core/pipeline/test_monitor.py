@@ -16,7 +16,7 @@ import pytest
 import worker.core.pipeline._served as served_module
 import worker.core.pipeline.monitor as monitor_module
 import worker.core.pipeline.monitor_config as config_module
-import worker.core.pipeline.monitor_outputs as outputs_module
+import worker.core.pipeline.outputs as outputs_module
 from tests.unit.core.codec.schema_support import validator
 from tests.unit.core.pipeline.streams import (
     START_MS,
@@ -30,7 +30,7 @@ from worker.core.calibrators import calibrator_from_dict
 from worker.core.errors import ConfigError, InvalidInputError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.metrics import calibration_metrics
-from worker.core.pipeline import FeedbackMonitor, MonitorConfig, MonitorOutputs
+from worker.core.pipeline import FeedbackMonitor, MonitorConfig, Outputs
 from worker.core.records.click import Click
 from worker.core.records.feedback import Feedback
 from worker.core.records.impression import Impression
@@ -86,7 +86,7 @@ def drift() -> Run:
 
 
 @pytest.fixture(scope="module")
-def stall() -> tuple[FeedbackMonitor, MonitorOutputs]:
+def stall() -> tuple[FeedbackMonitor, Outputs]:
     """(c) 5 h through the real join; clicks lost from 2 h to 3 h; then 60 min of idle
     partition (traffic stops, the watermark follows the wall clock)."""
     mon = FeedbackMonitor()
@@ -164,7 +164,7 @@ def test_no_alert_before_the_change(drift: Run) -> None:
 
 
 def test_missing_clicks_fire_feedback_stall_once(
-    stall: tuple[FeedbackMonitor, MonitorOutputs],
+    stall: tuple[FeedbackMonitor, Outputs],
 ) -> None:
     _, out = stall
     events = [a for a in out.alerts if a["kind"] == "feedback_stall"]
@@ -181,7 +181,7 @@ def test_missing_clicks_fire_feedback_stall_once(
 
 
 def test_no_stall_at_start_or_when_traffic_stops(
-    stall: tuple[FeedbackMonitor, MonitorOutputs],
+    stall: tuple[FeedbackMonitor, Outputs],
 ) -> None:
     # The last hour is an idle partition: the last impressions mature without clicks
     # after them. Only the real stall fired (checked above); nothing at the start.
@@ -190,7 +190,7 @@ def test_no_stall_at_start_or_when_traffic_stops(
 
 
 def test_no_drift_refit_while_the_pipeline_is_stalled(
-    stall: tuple[FeedbackMonitor, MonitorOutputs],
+    stall: tuple[FeedbackMonitor, Outputs],
 ) -> None:
     _, out = stall
     events = [a for a in out.alerts if a["kind"] == "feedback_stall"]
@@ -281,7 +281,7 @@ def test_tier_changes_are_emitted_and_match_the_final_tiers(drift: Run) -> None:
 
 
 def test_every_alert_and_version_is_schema_valid(
-    stationary: Run, drift: Run, stall: tuple[FeedbackMonitor, MonitorOutputs]
+    stationary: Run, drift: Run, stall: tuple[FeedbackMonitor, Outputs]
 ) -> None:
     alerts = [a for _, a in drift.alerts] + [a for _, a in stationary.alerts] + stall[1].alerts
     versions = ([v for _, v in drift.versions] + [v for _, v in stationary.versions]
@@ -440,7 +440,7 @@ def test_fast_served_map_equals_the_calibrator(msg: dict[str, Any] | None) -> No
 # ---------------------------------------------------------------------- (g) state
 
 
-def _outputs(out: MonitorOutputs) -> dict[str, Any]:
+def _outputs(out: Outputs) -> dict[str, Any]:
     return json.loads(json.dumps({
         "calibrators": out.calibrators, "alerts": out.alerts, "posteriors": out.posteriors,
         "tier_changes": out.tier_changes,

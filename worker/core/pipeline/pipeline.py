@@ -1,0 +1,294 @@
+"""One partition's core: decoded inputs in, every output out (DESIGN §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.join.attribution_join import AttributionJoin
+from worker.core.join.join_step import JoinStep
+from worker.core.pipeline.input_batch import CLICK, IMPRESSION, InputBatch
+from worker.core.pipeline.monitor import FeedbackMonitor
+from worker.core.pipeline.monitor_config import MonitorConfig
+from worker.core.pipeline.outputs import Outputs, Rejection
+from worker.core.policy import PolicyConfig, RecalibrationPolicy
+
+_NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The hyper-parameters of one partition's pipeline: the join's, the monitor's and the
+    policy's (validated by their own constructors)."""
+
+    window_ms: int = 1_800_000
+    allowed_lateness_ms: int = 60_000
+    idle_timeout_ms: int = 30_000
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window_ms": self.window_ms,
+            "allowed_lateness_ms": self.allowed_lateness_ms,
+            "idle_timeout_ms": self.idle_timeout_ms,
+            "monitor": self.monitor.to_dict(),
+            "policy": self.policy.to_dict(),
+        }
+
+
+class Pipeline:
+    """The join, then everything after it, for one partition (DESIGN §2, §4–§7).
+
+    ``process(batch)`` takes an ``InputBatch`` (decoded impressions and clicks, and the
+    inputs the decoder rejected, in arrival order) and returns one ``Outputs``: feedback,
+    dead letters, calibrator versions, alerts, tier changes. ``finish()`` ends the input
+    (watermark +inf: every pending label matures) and adds the final posterior snapshots;
+    ``advance(wall_ms)`` lets an idle partition's watermark follow the wall clock.
+
+    **Batch cuts never change the outputs**: the pipeline works event by event in input
+    order and everything that happens at a particular event (a label maturing, a detector
+    alarm, a refit) happens inside it, so the concatenated outputs of any cutting of the
+    same input are identical (a property test checks this, byte for byte).
+
+    **Clock.** The core reads no clock. The partition's event-time clock is the largest
+    ``ts`` seen (and, once labels mature past it at the end, their ``label_ts``); version
+    and alert messages carry it as ``created_at`` (ISO 8601 UTC), which keeps replays
+    deterministic. A runtime that wants the wall clock there restamps at its sink.
+
+    **State.** ``snapshot()`` / ``Pipeline.restore(state)`` hold the whole partition
+    (join, monitor, policy, posteriors, clock); ``changed_keys()`` names the records changed
+    since the last snapshot (``join:<user_id>`` per user of the join, ``clock``,
+    ``monitor``) and ``export(key)`` gives one of them, for incremental persistence.
+
+    >>> from worker.core.records.impression import Impression
+    >>> from worker.core.records.click import Click
+    >>> pipe = Pipeline(PipelineConfig(window_ms=60_000, allowed_lateness_ms=0))
+    >>> batch = InputBatch()
+    >>> batch.add_impression(Impression("i1", "u1", "it", 1_000, "m", 0.2, -1.386, "web",
+    ...                                 "news", None), ref=0)
+    >>> batch.add_click(Click("i1", "u1", 5_000, None), ref=1)
+    >>> batch.add_click(Click("i9", "u1", 6_000, None), ref=2)
+    >>> out = pipe.process(batch)
+    >>> [(fb.impression.impression_id, fb.label, fb.delay_ms) for fb in out.feedback]
+    [('i1', 1, 4000)]
+    >>> end = pipe.finish()
+    >>> [(d.ref, d.reason) for d in end.dead_letters]
+    [(2, 'orphan_click')]
+    >>> Pipeline.restore(pipe.snapshot()).snapshot() == pipe.snapshot()
+    True
+    """
+
+    def __init__(self, config: PipelineConfig | None = None) -> None:
+        if config is None:
+            config = PipelineConfig()
+        if not isinstance(config, PipelineConfig):
+            raise ConfigError(f"config must be a PipelineConfig; got {type(config).__name__}")
+        self._cfg = config
+        self._join = AttributionJoin(
+            window_ms=config.window_ms,
+            allowed_lateness_ms=config.allowed_lateness_ms,
+            idle_timeout_ms=config.idle_timeout_ms,
+        )
+        self._monitor = FeedbackMonitor(config.monitor, RecalibrationPolicy(config.policy))
+        self._max_ts = _NEG_INF
+        self._clock_ts = float("nan")
+        self._clock_text = ""
+        self._changed: set[str] = set()
+        self._touched = False
+
+    # ------------------------------------------------------------------ read-only
+
+    @property
+    def config(self) -> PipelineConfig:
+        return self._cfg
+
+    @property
+    def join(self) -> AttributionJoin:
+        """The attribution join (read it; feed the pipeline, not the join)."""
+        return self._join
+
+    @property
+    def monitor(self) -> FeedbackMonitor:
+        """Everything after the join (read it; feed the pipeline, not the monitor)."""
+        return self._monitor
+
+    @property
+    def clock_ms(self) -> float:
+        """The partition's event-time clock (-inf before the first event)."""
+        return self._max_ts
+
+    # ------------------------------------------------------------------ inputs
+
+    def process(self, batch: InputBatch) -> Outputs:
+        """Run one batch through the join and the monitor; see the class docstring."""
+        out = Outputs()
+        join = self._join
+        monitor = self._monitor
+        wall_ms = batch.wall_ms
+        self._touched = True
+        for kind, event, ref in zip(batch.kinds, batch.events, batch.refs, strict=True):
+            if kind == IMPRESSION:
+                if event.ts > self._max_ts:
+                    self._max_ts = event.ts
+                try:
+                    step = join.add_impression(event, wall_ms)
+                except InvalidInputError as exc:
+                    self._reject(out, ref, event.user_id, exc.reason, str(exc))
+                    continue
+                self._publish(out, monitor.on_impression(event, self._created_at()))
+            elif kind == CLICK:
+                if event.ts > self._max_ts:
+                    self._max_ts = event.ts
+                self._publish(out, monitor.on_click(event, self._created_at()))
+                step = join.add_click(event, ref=ref, wall_ms=wall_ms)
+            else:
+                key, reason, error = event
+                self._reject(out, ref, key, reason, error)
+                continue
+            if step:
+                self._emit(step, out)
+            self._publish(out, monitor.tick(int(self._max_ts), self._created_at()))
+        return out
+
+    def advance(self, wall_ms: int) -> Outputs:
+        """An idle partition: let the watermark follow the wall clock (DESIGN §4)."""
+        out = Outputs()
+        step = self._join.tick(wall_ms)
+        if step:
+            self._touched = True
+            self._emit(step, out)
+        return out
+
+    def finish(self) -> Outputs:
+        """End of input: every pending label matures, then the final posterior snapshots.
+
+        No stall check after the join's finish: labels mature up to a window past the last
+        input, where no click can follow."""
+        out = Outputs()
+        self._touched = True
+        self._emit(self._join.finish(), out)
+        self._publish(out, self._monitor.finish(None, self._created_at()))
+        return out
+
+    def drain_posteriors(self) -> list[dict[str, Any]]:
+        """Snapshots of the (user, arm) pairs updated since the last drain (for a batched
+        compacted topic), read at the partition's clock."""
+        ts = self._max_ts
+        return self._monitor.drain_posteriors(0 if ts == _NEG_INF else int(ts))
+
+    # ------------------------------------------------------------------ internals
+
+    def _created_at(self) -> str:
+        # Memoised: several monitor calls per event share one clock value.
+        if self._max_ts != self._clock_ts:
+            self._clock_ts = self._max_ts
+            self._clock_text = iso_utc_ms(self._max_ts)
+        return self._clock_text
+
+    def _reject(self, out: Outputs, ref: Any, key: str | None, reason: str, error: str) -> None:
+        out.dead_letters.append(Rejection(ref, key, reason, error, self._max_ts))
+
+    def _emit(self, step: JoinStep, out: Outputs) -> None:
+        monitor = self._monitor
+        for fb in step.feedback:
+            out.feedback.append(fb)
+            # Labels finalised by finish() lie beyond the last input's ts; the clock follows
+            # them so a version's created_at is never before its event_ts.
+            if fb.label_ts > self._max_ts:
+                self._max_ts = fb.label_ts
+            self._publish(out, monitor.on_feedback(fb, self._created_at()))
+        for click, ref in step.orphans:
+            self._reject(
+                out, ref, click.user_id, "orphan_click",
+                f"click for impression {click.impression_id!r} of user {click.user_id!r} "
+                "found no impression within the attribution window",
+            )
+        for click in step.late_clicks:
+            self._publish(out, monitor.on_late_click(click, self._created_at()))
+
+    @staticmethod
+    def _publish(out: Outputs, produced: Outputs) -> None:
+        if produced:
+            out.calibrators.extend(produced.calibrators)
+            out.alerts.extend(produced.alerts)
+            out.tier_changes.extend(produced.tier_changes)
+            out.posteriors.extend(produced.posteriors)
+
+    # ------------------------------------------------------------------ state
+
+    def changed_keys(self) -> list[str]:
+        """Records changed since the last ``snapshot()`` (sorted; see the class docstring)."""
+        self._changed.update(f"join:{uid}" for uid in self._join.dirty_users())
+        keys = set(self._changed)
+        if self._touched:
+            keys.update(("clock", "monitor"))
+        return sorted(keys)
+
+    def export(self, key: str) -> dict[str, Any] | None:
+        """One record named by ``changed_keys()``; None means "delete it"."""
+        if key == "clock":
+            return {"v": 1, "join": self._join.export_clock(), "max_ts": _encode(self._max_ts)}
+        if key == "monitor":
+            return self._monitor.to_dict()
+        if key.startswith("join:"):
+            return self._join.export_user(key[len("join:"):])
+        raise ConfigError(f"unknown state key {key!r}")
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole partition state, JSON-ready (``"v": 1``); resets ``changed_keys``."""
+        self._join.dirty_users()
+        self._changed.clear()
+        self._touched = False
+        return {
+            "v": 1,
+            "config": {
+                "window_ms": self._cfg.window_ms,
+                "allowed_lateness_ms": self._cfg.allowed_lateness_ms,
+                "idle_timeout_ms": self._cfg.idle_timeout_ms,
+            },
+            "max_ts": _encode(self._max_ts),
+            "join": self._join.to_dict(),
+            "monitor": self._monitor.to_dict(),
+        }
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> Pipeline:
+        """A pipeline continuing exactly where the one that took ``state`` stood."""
+        if state.get("v") != 1:
+            raise ConfigError(f"unsupported pipeline state version {state.get('v')!r}; want 1")
+        monitor = FeedbackMonitor.from_dict(state["monitor"])
+        cfg = PipelineConfig(
+            monitor=monitor.config, policy=monitor.policy.config, **state["config"]
+        )
+        pipe = cls(cfg)
+        pipe._join = AttributionJoin.from_dict(state["join"])
+        pipe._monitor = monitor
+        pipe._max_ts = _decode(state["max_ts"])
+        pipe._join.dirty_users()
+        return pipe
+
+
+def iso_utc_ms(ts_ms: float) -> str:
+    """Event time (ms) as ISO 8601 UTC with milliseconds; -inf (no event yet) is the epoch.
+
+    >>> iso_utc_ms(300_000)
+    '1970-01-01T00:05:00.000Z'
+    """
+    if ts_ms == _NEG_INF or ts_ms != ts_ms:
+        ts_ms = 0
+    return (
+        datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def _encode(ts: float) -> float | None:
+    return None if ts == _NEG_INF else ts
+
+
+def _decode(ts: float | None) -> float:
+    return _NEG_INF if ts is None else ts
