@@ -163,7 +163,7 @@ class Replay:
         except InvalidInputError as exc:
             batch.add_rejected((line_no, raw), _key_of(raw), exc.reason, str(exc))
         else:
-            if type(event) is Impression:
+            if isinstance(event, Impression):
                 self.summary.impressions += 1
                 batch.add_impression(event, (line_no, raw))
             else:
