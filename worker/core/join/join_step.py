@@ -25,7 +25,8 @@ class _FrozenList(list[Any]):
     __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
 
 
-_NONE: list[Any] = _FrozenList()
+#: The one shared empty list that refuses to grow (``JoinStep.EMPTY``, ``Outputs.EMPTY``).
+FROZEN_EMPTY: list[Any] = _FrozenList()
 
 
 class JoinStep:
@@ -61,9 +62,9 @@ class JoinStep:
         orphans: list[tuple[Click, object]] | None = None,
         late_clicks: list[Click] | None = None,
     ) -> None:
-        self.feedback = _NONE if feedback is None else feedback
-        self.orphans = _NONE if orphans is None else orphans
-        self.late_clicks = _NONE if late_clicks is None else late_clicks
+        self.feedback = FROZEN_EMPTY if feedback is None else feedback
+        self.orphans = FROZEN_EMPTY if orphans is None else orphans
+        self.late_clicks = FROZEN_EMPTY if late_clicks is None else late_clicks
 
     def __bool__(self) -> bool:
         """True when the step carries any output."""

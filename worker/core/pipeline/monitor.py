@@ -279,7 +279,7 @@ class FeedbackMonitor:
         if click.ts > self._max_ts:
             self._max_ts = click.ts
         self._raw_clicks.observe_clicks(1, click.ts)
-        return Outputs()
+        return Outputs.EMPTY
 
     def on_late_click(self, click: Click, created_at: str) -> Outputs:
         """A click the join classified as late (``JoinStep.late_clicks``)."""
@@ -332,7 +332,7 @@ class FeedbackMonitor:
             model.matured.observe_clicks(1, ts)
             self._click_timing(False, ts, created_at, out)
         uncertain = None if qhat is None else (p <= qhat and 1.0 - p <= qhat)
-        for event in self._store.update(imp.user_id, imp.arm, imp.segment, y, ts, uncertain):
+        for event in self._store.observe(imp.user_id, imp.arm, imp.segment, y, ts, uncertain):
             out.tier_changes.append({"type": "tier_change", **event})
 
         self._publish(model, self._policy.update(fb, created_at=created_at), out)
@@ -397,10 +397,10 @@ class FeedbackMonitor:
         _check_created_at(created_at)
         if isinstance(event_ts, bool) or not isinstance(event_ts, int) or event_ts < 0:
             raise InvalidInputError("schema", f"event_ts must be an integer >= 0; got {event_ts!r}")
-        out = Outputs()
         bucket = event_ts // self._bucket_ms
         if bucket <= self._tick_bucket:
-            return out  # this bucket was checked for every model already
+            return Outputs.EMPTY  # this bucket was checked for every model already
+        out = Outputs()
         self._tick_bucket = bucket
         share = float(self._cfg.stall_min_arrival_share)
         for model_id, model in self._models.items():

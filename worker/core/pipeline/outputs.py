@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
+from worker.core.join.join_step import FROZEN_EMPTY
 from worker.core.records.feedback import Feedback
 
 
@@ -45,6 +46,10 @@ class Outputs:
     (True, 1)
     """
 
+    #: Shared by the calls that produced nothing (most calls on the hot path); its lists
+    #: refuse to grow, so a caller that appended to it would fail loudly.
+    EMPTY: ClassVar[Outputs]
+
     feedback: list[Feedback] = field(default_factory=list)
     dead_letters: list[Rejection] = field(default_factory=list)
     calibrators: list[dict[str, Any]] = field(default_factory=list)
@@ -71,3 +76,6 @@ class Outputs:
 
     def __bool__(self) -> bool:
         return self.total > 0
+
+
+Outputs.EMPTY = Outputs(*([FROZEN_EMPTY] * 6))

@@ -274,16 +274,32 @@ class Pipeline:
 def iso_utc_ms(ts_ms: float) -> str:
     """Event time (ms) as ISO 8601 UTC with milliseconds; -inf (no event yet) is the epoch.
 
-    >>> iso_utc_ms(300_000)
-    '1970-01-01T00:05:00.000Z'
+    The date and time up to the minute are formatted once per minute (a clock that moves
+    with every event would otherwise pay for a full ``datetime`` format per event).
+
+    >>> iso_utc_ms(300_000), iso_utc_ms(1_767_225_659_999), iso_utc_ms(float("-inf"))
+    ('1970-01-01T00:05:00.000Z', '2026-01-01T00:00:59.999Z', '1970-01-01T00:00:00.000Z')
     """
+    global _minute_cache
     if ts_ms == _NEG_INF or ts_ms != ts_ms:
         ts_ms = 0
-    return (
-        datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    if type(ts_ms) is not int:
+        if not float(ts_ms).is_integer():
+            return (
+                datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z")
+            )
+        ts_ms = int(ts_ms)
+    minute, rest = divmod(ts_ms, 60_000)
+    if minute != _minute_cache[0]:
+        prefix = datetime.fromtimestamp(minute * 60, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:")
+        _minute_cache = (minute, prefix)
+    seconds, millis = divmod(rest, 1000)
+    return f"{_minute_cache[1]}{seconds:02d}.{millis:03d}Z"
+
+
+_minute_cache: tuple[int | None, str] = (None, "")
 
 
 def _encode(ts: float) -> float | None:

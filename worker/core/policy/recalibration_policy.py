@@ -246,7 +246,9 @@ class RecalibrationPolicy:
         self._shrink_user = HierarchicalShrinkage(
             "platt", prior_strength=config.user_prior_strength
         )
-        self._salt = config.holdout_salt.encode()
+        # A keyed BLAKE2b state copied per event: same digests as a fresh keyed hash, without
+        # re-absorbing the key block each time.
+        self._holdout_hash = hashlib.blake2b(digest_size=8, key=config.holdout_salt.encode())
         self._threshold = int(config.holdout_fraction * 2**64)
         self._models: dict[str, _Model] = {}
         # LRU over (model_id, user_id): least recently updated first.
@@ -261,8 +263,9 @@ class RecalibrationPolicy:
 
     def is_holdout(self, impression_id: str) -> bool:
         """Whether the event of ``impression_id`` is kept for scoring (deterministic)."""
-        digest = hashlib.blake2b(impression_id.encode(), digest_size=8, key=self._salt).digest()
-        return int.from_bytes(digest, "big") < self._threshold
+        hasher = self._holdout_hash.copy()
+        hasher.update(impression_id.encode())
+        return int.from_bytes(hasher.digest(), "big") < self._threshold
 
     def models(self) -> list[str]:
         """Model ids seen, sorted."""

@@ -164,6 +164,16 @@ class BetaPosterior:
             self._failures += w
         self._n += 1
 
+    def count(self, label: int, ts: int) -> None:
+        """``update(label, ts=ts)`` for values already validated (the decoder is the only
+        validator on the hot path): a label of 0 or 1 and an integer event time."""
+        w = self._advance(ts)
+        if label:
+            self._successes += w
+        else:
+            self._failures += w
+        self._n += 1
+
     def _advance(self, t: int) -> float:
         """Move the reference time to ``max(last_ts, t)``; return the weight factor for ``t``."""
         if self._last_ts is None:

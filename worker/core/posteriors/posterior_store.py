@@ -323,6 +323,20 @@ class PosteriorStore:
                 "schema", f"conformal_uncertain must be a bool or None; got {conformal_uncertain!r}"
             )
 
+        return self.observe(uid, arm, seg, y, ts, conformal_uncertain)
+
+    def observe(
+        self,
+        user_id: str,
+        arm: str | None,
+        segment: str,
+        label: int,
+        event_ts: int,
+        conformal_uncertain: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """``update`` for arguments already validated (by the decoder and the join): the
+        pipeline's path, which re-checks nothing. ``user_id`` must not be ``"*"``."""
+        uid, seg, y, ts = user_id, segment, label, event_ts
         # Priors are taken before this event enters the rates: the user's own event must not
         # also be counted as prior evidence.
         user = self._users.get(uid)
@@ -337,28 +351,28 @@ class PosteriorStore:
             if pair is None and len(user.arms) < self._max_arms:
                 pair = user.arms[arm] = self._prior(self.segment_rate(seg, arm, ts))
             if pair is not None:
-                pair.update(y, ts=ts)
+                pair.count(y, ts)
                 self._mark(uid, arm)
             pop = self._population.get(arm)
             if pop is None and len(self._population) < self._max_arms:
                 pop = self._population[arm] = self._prior(self._default_rate)
             if pop is not None:
-                pop.update(y, ts=ts)
+                pop.count(y, ts)
                 self._mark(POPULATION, arm)
-        user.pooled.update(y, ts=ts)
+        user.pooled.count(y, ts)
         user.last_ts = max(user.last_ts, ts)
 
-        self._global.update(y, ts=ts)
+        self._global.count(y, ts)
         seg_counts = self._segments.get(seg)
         if seg_counts is None and len(self._segments) < self._max_segments:
             seg_counts = self._segments[seg] = self._counter()
         if seg_counts is not None:
-            seg_counts.update(y, ts=ts)
+            seg_counts.count(y, ts)
             if arm is not None and arm in self._population:
                 sa = self._segment_arms.get((seg, arm))
                 if sa is None:
                     sa = self._segment_arms[(seg, arm)] = self._counter()
-                sa.update(y, ts=ts)
+                sa.count(y, ts)
 
         if conformal_uncertain is not None:
             user.n_flags += 1
@@ -383,6 +397,16 @@ class PosteriorStore:
         rate = (s + self._prior_strength * m0) / (s + f + self._prior_strength)
         return (a * b / (k * k * (k + 1.0))) ** 0.5 / rate
 
+    def _spread_at(self, post: BetaPosterior, ts: int) -> float:
+        """``_spread(post.at(ts))`` without the copy (the same arithmetic)."""
+        m0 = post.prior_alpha / (post.prior_alpha + post.prior_beta)
+        s, f = post.counts_at(ts)
+        a = m0 * self._tier_strength + s
+        b = (1.0 - m0) * self._tier_strength + f
+        k = a + b
+        rate = (s + self._prior_strength * m0) / (s + f + self._prior_strength)
+        return (a * b / (k * k * (k + 1.0))) ** 0.5 / rate
+
     def _tier_rule(self, cv: float, share: float, scale: float) -> str:
         if cv > self._cv_high * scale or share >= self._share_high * scale:
             return "high_epistemic"
@@ -391,7 +415,7 @@ class PosteriorStore:
         return "moderate_uncertain"
 
     def _retier(self, uid: str, user: _User, ts: int) -> list[dict[str, Any]]:
-        cv = self._spread(user.pooled.at(ts))
+        cv = self._spread_at(user.pooled, ts)
         share = user.share
         old = user.tier
         if old is None:
