@@ -17,6 +17,7 @@ policy's calibrator versions go to `calibrators.jsonl`, drift alerts (firing and
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections import Counter
@@ -32,7 +33,7 @@ from worker.core.codec.input_decoder import InputDecoder
 from worker.core.errors import InvalidInputError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.join.join_step import JoinStep
-from worker.core.pipeline import FeedbackMonitor, MonitorOutputs
+from worker.core.pipeline import FeedbackMonitor, MonitorConfig, MonitorOutputs
 from worker.core.policy import PolicyConfig, RecalibrationPolicy
 from worker.core.records.dead_letter import DeadLetter
 from worker.core.records.impression import Impression
@@ -56,10 +57,15 @@ class ReplayConfig:
     recalibrate_every: int = 1000
     # The policy's other knobs; ``recalibrate_every`` above always wins over the one in here.
     policy: PolicyConfig | None = None
+    # The monitor's knobs (None: ``MonitorConfig()``).
+    monitor: MonitorConfig | None = None
 
     def policy_config(self) -> PolicyConfig:
         base = self.policy if self.policy is not None else PolicyConfig()
         return replace(base, recalibrate_every=self.recalibrate_every)
+
+    def monitor_config(self) -> MonitorConfig:
+        return self.monitor if self.monitor is not None else MonitorConfig()
 
 
 @dataclass
@@ -275,25 +281,34 @@ class _Outputs:
 
 
 def run_replay(
-    events_path: Path,
+    events: Path | IO[bytes],
     out_dir: Path,
     config: ReplayConfig,
     progress: IO[str] | None = None,
 ) -> ReplaySummary:
-    """Replay `events_path` into `out_dir`; returns (and writes) the summary."""
+    """Replay `events` (a file, or a binary stream such as stdin) into `out_dir`; returns
+    (and writes) the summary."""
     outputs = _Outputs(out_dir, (name.removesuffix(".jsonl") for name in OUTPUT_FILES))
     replay = Replay(
         config,
         outputs.write,
-        source_name=f"replay:{events_path.name}",
-        monitor=FeedbackMonitor(policy=RecalibrationPolicy(config.policy_config())),
+        source_name=f"replay:{events.name if isinstance(events, Path) else '-'}",
+        monitor=FeedbackMonitor(
+            config=config.monitor_config(),
+            policy=RecalibrationPolicy(config.policy_config()),
+        ),
     )
-    total_bytes = events_path.stat().st_size
+    # A stream has no size: progress then shows lines and rate without a share.
+    total_bytes = events.stat().st_size if isinstance(events, Path) else None
     started = time.perf_counter()
     last_report = started
     read_bytes = 0
     try:
-        with open(events_path, "rb", buffering=1 << 20) as handle:
+        with (
+            open(events, "rb", buffering=1 << 20)
+            if isinstance(events, Path)
+            else contextlib.nullcontext(events)
+        ) as handle:
             for line_no, line in enumerate(handle):
                 read_bytes += len(line)
                 raw = line.rstrip(b"\r\n")
@@ -312,7 +327,9 @@ def run_replay(
         outputs.close()
     summary.wall_seconds = time.perf_counter() - started
     if progress is not None:
-        _report_progress(progress, total_bytes, total_bytes, summary.lines, summary.wall_seconds)
+        _report_progress(
+            progress, total_bytes or 0, total_bytes, summary.lines, summary.wall_seconds
+        )
         progress.write("\n")
     (out_dir / "summary.json").write_bytes(
         orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2) + b"\n"
@@ -320,10 +337,12 @@ def run_replay(
     return summary
 
 
-def _report_progress(stream: IO[str], done: int, total: int, lines: int, seconds: float) -> None:
-    share = done / total if total else 1.0
+def _report_progress(
+    stream: IO[str], done: int, total: int | None, lines: int, seconds: float
+) -> None:
     rate = lines / seconds if seconds > 0 else 0.0
-    stream.write(f"\rreplay: {share:6.1%}  {lines:,} lines  {rate:,.0f} lines/s")
+    share = "" if total is None else f"{done / total if total else 1.0:6.1%}  "
+    stream.write(f"\rreplay: {share}{lines:,} lines  {rate:,.0f} lines/s")
     stream.flush()
 
 
