@@ -214,7 +214,8 @@ class Settings:
     #: The core's hyper-parameters by setting name (`policy_z`, `stall_window_ms`, ...);
     #: every derived setting is present (missing ones take their defaults).
     # A lambda: `_default_knobs` is defined below, with the derivation it needs.
-    knobs: Mapping[str, Any] = field(default_factory=lambda: _default_knobs())
+    # Left out of the hash (a dict is unhashable); equality still compares it.
+    knobs: Mapping[str, Any] = field(default_factory=lambda: _default_knobs(), hash=False)
 
     @classmethod
     def load(
