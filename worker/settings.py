@@ -371,21 +371,33 @@ def _worker_fields() -> tuple[_Field, ...]:
 
 #: Help taken from a docstring is cut here: the full story stays in the docstring.
 _MAX_HELP = 200
+_EARLY_MENTION = 80
+
+
+def _find(text: str, mark: str) -> int:
+    at = text.find(mark)
+    return len(text) if at < 0 else at
 
 
 def _doc_of(name: str, *docs: str | None) -> str | None:
-    """The first sentence of `docs` that mentions ``name`` (in double back-quotes), as plain
-    text: the core documents its knobs in its docstrings, so the help is taken from there."""
+    """The first sentence of `docs` that mentions ``name`` (in double back-quotes, or a
+    ``prefix_*`` pattern that covers it), as plain text: the core documents its knobs in its
+    docstrings, so the help is taken from there."""
+    marks = [f"``{name}``"] + [
+        f"``{name[: i + 1]}*``" for i, ch in enumerate(name) if ch == "_"
+    ]
     sentences = [
         sentence
         for doc in docs if doc
         for sentence in re.split(
             r"(?<=[.;])\s+(?=[A-Z`-])|\s+-\s+", " ".join(inspect.cleandoc(doc).split())
         )
-        if f"``{name}``" in sentence
+        if any(mark in sentence for mark in marks)
     ]
-    # A sentence that starts with the name defines it; others only mention it.
-    defining = [s for s in sentences if s.lstrip(" -").startswith(f"``{name}``")]
+    # A sentence that starts with the name defines it; one that names it early is about it;
+    # a later mention is usually about something else (better no help than a wrong one).
+    defining = [s for s in sentences if s.lstrip(" -").startswith(tuple(marks))]
+    sentences = [s for s in sentences if min(_find(s, m) for m in marks) < _EARLY_MENTION]
     for sentence in defining or sentences:
         text = sentence.replace("``", "`").strip(" -")
         return text if len(text) <= _MAX_HELP else text[: _MAX_HELP - 1].rstrip() + "…"
@@ -411,7 +423,7 @@ def _core_fields() -> tuple[_Field, ...]:
         kind, item, optional = _kind(hints[f.name], f"PolicyConfig.{f.name}")
         out.append(_Field(
             f"policy_{f.name}", kind, _default_of(f),
-            _doc_of(f.name, PolicyConfig.__doc__) or f"PolicyConfig.{f.name}",
+            _doc_of(f.name, PolicyConfig.__doc__) or f"`{f.name}` of `PolicyConfig`",
             optional=optional, replay=True, group="policy (PolicyConfig)", item=item,
             target=("policy", f.name),
         ))
@@ -428,7 +440,7 @@ def _core_fields() -> tuple[_Field, ...]:
         kind, item, optional = _kind(hints[f.name], f"MonitorConfig.{f.name}")
         out.append(_Field(
             f"monitor_{f.name}", kind, _default_of(f),
-            _doc_of(f.name, MonitorConfig.__doc__) or f"MonitorConfig.{f.name}",
+            _doc_of(f.name, MonitorConfig.__doc__) or f"`{f.name}` of `MonitorConfig`",
             optional=optional, replay=True, group="monitor (MonitorConfig)", item=item,
             target=("monitor", f.name),
         ))
@@ -445,7 +457,7 @@ def _core_fields() -> tuple[_Field, ...]:
                 default = tuple(default)
             out.append(_Field(
                 f"{knob}_{arg}", kind, default,
-                _doc_of(arg, cls.__doc__) or f"{cls.__name__} `{arg}`",
+                _doc_of(arg, cls.__doc__) or f"`{arg}` of `{cls.__name__}`",
                 optional=optional, replay=True, group=f"monitor.{knob} ({cls.__name__})",
                 item=item, target=("monitor", knob, arg),
             ))
