@@ -76,12 +76,23 @@ def _port(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be a TCP port in [0, 65535]; got {value!r}")
 
 
-def _one_of(*allowed: str) -> Callable[[str, str], None]:
-    def check(name: str, value: str) -> None:
-        if value not in allowed:
-            raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+class _OneOf:
+    """A check that a value is one of `allowed`; the help and the README list them."""
 
-    return check
+    def __init__(self, *allowed: str) -> None:
+        self.allowed = allowed
+
+    def __call__(self, name: str, value: str) -> None:
+        if value not in self.allowed:
+            raise ConfigError(
+                f"{name} must be one of {', '.join(self.allowed)}; got {value!r}"
+            )
+
+
+def _help(field: _Field) -> str:
+    if isinstance(field.check, _OneOf):
+        return f"{field.help} (one of {', '.join(field.check.allowed)})"
+    return field.help
 
 
 @dataclass(frozen=True)
@@ -200,10 +211,10 @@ class Settings:
     data_dir: str = _setting("./recal-data", "local state directory of the worker")
     security_protocol: str = _setting(
         "PLAINTEXT", "Kafka security protocol",
-        _one_of("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        _OneOf("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
     )
     sasl_mechanism: str = _setting(
-        "PLAIN", "SASL mechanism", _one_of("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+        "PLAIN", "SASL mechanism", _OneOf("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
     )
     sasl_username: str | None = _setting(None, "SASL user name")
     sasl_password: str | None = _setting(None, "SASL password (never logged)", secret=True)
@@ -390,7 +401,8 @@ def _doc_of(name: str, *docs: str | None) -> str | None:
         sentence
         for doc in docs if doc
         for sentence in re.split(
-            r"(?<=[.;])\s+(?=[A-Z`-])|\s+-\s+", " ".join(inspect.cleandoc(doc).split())
+            r"(?<=[.;])(?<!e\.g\.)(?<!i\.e\.)\s+(?=[A-Z`-])|\s+-\s+",
+            " ".join(inspect.cleandoc(doc).split()),
         )
         if any(mark in sentence for mark in marks)
     ]
@@ -469,7 +481,7 @@ def _severity_fields(default_monitor: MonitorConfig) -> list[_Field]:
         _Field(
             f"severity_{kind}", str, default_monitor.severity_of(kind),
             f"severity of `{kind}` alerts",
-            _one_of(*SEVERITIES), replay=True, group="monitor.severity",
+            _OneOf(*SEVERITIES), replay=True, group="monitor.severity",
             target=("monitor", "severity", kind),
         )
         for kind in KINDS
@@ -692,7 +704,7 @@ def format_default(field: _Field) -> str:
     """A default as a user would write it in the variable (`1800`, `on`, `a,b`, none)."""
     value = field.default
     if value is None:
-        return "none"
+        return "unset"
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):
@@ -731,7 +743,7 @@ def add_settings_arguments(
         if f.group not in groups:
             groups[f.group] = parser.add_argument_group(f"settings: {f.group}")
         group = groups[f.group]
-        help_text = f"{f.help} (env {env_name(f.name)}; default {format_default(f)})"
+        help_text = f"{_help(f)} (env {env_name(f.name)}; default {format_default(f)})"
         if f.deprecated_flags:
             help_text += f"; deprecated spelling: {', '.join(f.deprecated_flags)}"
         # argparse treats `%` in help as a format string.
@@ -774,10 +786,11 @@ def markdown_table() -> str:
         flag = flag_name(f.name)
         if f.kind is bool:
             flag = f"{flag} / --no-{flag[2:]}"
-        meaning = f.help.replace("|", "\\|")
+        meaning = _help(f).replace("|", "\\|")
         if f.deprecated_flags:
             meaning += f" (deprecated spelling: {', '.join(f'`{d}`' for d in f.deprecated_flags)})"
-        rows.append(
-            f"| `{env_name(f.name)}` | `{flag}` | `{format_default(f)}` | {meaning} |"
-        )
+        default = format_default(f)
+        # An empty list has no text to quote; unset is not a value to type.
+        shown = "(unset)" if f.default is None else f"`{default}`" if default else "(empty)"
+        rows.append(f"| `{env_name(f.name)}` | `{flag}` | {shown} | {meaning} |")
     return "\n".join(rows) + "\n"
