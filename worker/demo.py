@@ -671,7 +671,7 @@ class Demo:
             "--web-port", "0",
             "--partitions", str(opts.partitions),
             "--attribution-window", str(WINDOW_S),
-            "--allowed-lateness-s", str(LATENESS_S),
+            "--allowed-lateness", str(LATENESS_S),
             "--idle-timeout-s", str(IDLE_TIMEOUT_S),
         ]
         # The demo is self-contained: RECAL_* settings of the caller's shell (a production

@@ -261,7 +261,7 @@ def run_replay(
     ``out_dir``; returns (and writes) the summary. Memory is bounded by the chunk size,
     not the input: lines are read, processed and their outputs written chunk by chunk."""
     outputs = _Outputs(out_dir, (name.removesuffix(".jsonl") for name in OUTPUT_FILES))
-    name = events.name if isinstance(events, Path) else "stdin"
+    name = events.name if isinstance(events, Path) else "-"
     replay = Replay(config, outputs.write, source_name=f"replay:{name}")
     total_bytes = events.stat().st_size if isinstance(events, Path) else None
     started = time.perf_counter()

@@ -3,27 +3,53 @@
 Precedence: CLI flag > environment variable > config file (`--config FILE`, JSON with the
 setting names as keys) > default. Invalid values fail fast with a message naming the setting,
 and `recal` exits 2. `describe()` gives the settings for the start-up log with secrets masked.
+
+Two kinds of settings, each declared once:
+
+- the process's own (Kafka, security, join, web): the fields of `Settings`, with their help
+  text in the field metadata;
+- the core's hyper-parameters, *derived* from the core config classes so that a knob added
+  there is configurable with no second declaration: every field of `PolicyConfig` as
+  `policy_<field>`, every scalar field of `MonitorConfig` as `monitor_<field>`, every
+  constructor argument of a monitor component (`MonitorConfig`'s keyword-argument knobs,
+  `worker.core.pipeline.monitor_config.COMPONENTS`) as `<knob>_<argument>` (e.g.
+  `stall_window_ms`, `posteriors_prior_strength`), and each alert kind's severity as
+  `severity_<kind>`. Their values live in `Settings.knobs`; `policy_config()` and
+  `monitor_config()` build the validated core objects (the core constructors validate; a bad
+  value is reported against the variable or flag that set it).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
+import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from worker.core.alerts import KINDS, SEVERITIES
 from worker.core.errors import ConfigError
+from worker.core.pipeline.monitor_config import COMPONENTS, PINNED, MonitorConfig
+from worker.core.policy import PolicyConfig
 
 log = logging.getLogger(__name__)
 
 _SECRET_MASK = "***"
-#: faust refuses a consumer-group session timeout above its broker request timeout (90 s).
-_MAX_SESSION_TIMEOUT_S = 90.0
+#: The broker's default `group.min.session.timeout.ms` / `group.max.session.timeout.ms`: a
+#: session timeout outside them is refused at join time, and the worker would run forever
+#: without partitions (live, never ready).
+_MIN_SESSION_TIMEOUT_S = 6.0
+_MAX_SESSION_TIMEOUT_S = 1800.0
 
 
 def _positive(name: str, value: float) -> None:
@@ -37,10 +63,11 @@ def _non_negative(name: str, value: float) -> None:
 
 
 def _session_timeout(name: str, value: float) -> None:
-    if not 0 < value <= _MAX_SESSION_TIMEOUT_S:
+    if not _MIN_SESSION_TIMEOUT_S <= value <= _MAX_SESSION_TIMEOUT_S:
         raise ConfigError(
-            f"{name} must be > 0 and <= {_MAX_SESSION_TIMEOUT_S:g} seconds (faust's broker "
-            f"request timeout); got {value!r}"
+            f"{name} must be in [{_MIN_SESSION_TIMEOUT_S:g}, {_MAX_SESSION_TIMEOUT_S:g}] seconds "
+            "(the broker's default group.min.session.timeout.ms and "
+            f"group.max.session.timeout.ms); got {value!r}"
         )
 
 
@@ -49,12 +76,49 @@ def _port(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be a TCP port in [0, 65535]; got {value!r}")
 
 
-def _one_of(*allowed: str) -> Callable[[str, str], None]:
-    def check(name: str, value: str) -> None:
-        if value not in allowed:
-            raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+class _OneOf:
+    """A check that a value is one of `allowed`; the help and the README list them."""
 
-    return check
+    def __init__(self, *allowed: str) -> None:
+        self.allowed = allowed
+
+    def __call__(self, name: str, value: str) -> None:
+        if value not in self.allowed:
+            raise ConfigError(
+                f"{name} must be one of {', '.join(self.allowed)}; got {value!r}"
+            )
+
+
+def _help(field: _Field) -> str:
+    if isinstance(field.check, _OneOf):
+        return f"{field.help} (one of {', '.join(field.check.allowed)})"
+    return field.help
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """What a `Settings` field needs beyond its name, type and default."""
+
+    help: str
+    check: Callable[[str, Any], None] | None = None
+    secret: bool = False
+    #: The documented flag when it is not ``--`` + the name with dashes.
+    flag: str | None = None
+    #: Older spellings of the flag, still accepted with a warning.
+    deprecated_flags: tuple[str, ...] = ()
+    #: `recal replay` uses it too (and so offers its flag).
+    replay: bool = False
+    group: str = "worker"
+
+
+def _setting(
+    default: Any,
+    help: str,
+    check: Callable[[str, Any], None] | None = None,
+    **meta: Any,
+) -> Any:
+    # `Any`, so that `x: float = _setting(1.0, ...)` type-checks like a plain default.
+    return field(default=default, metadata={"setting": _Meta(help, check, **meta)})
 
 
 @dataclass(frozen=True)
@@ -66,125 +130,103 @@ class _Field:
     check: Callable[[str, Any], None] | None = None
     secret: bool = False
     optional: bool = False
-    #: The documented flag when it is not ``--`` + the name with dashes.
     flag: str | None = None
-    #: Older spellings of the flag, still accepted with a warning.
     deprecated_flags: tuple[str, ...] = ()
+    replay: bool = False
+    #: argparse group title and the README's grouping.
+    group: str = "worker"
+    #: Element type of a list-valued (``tuple``) setting.
+    item: type | None = None
+    #: Where a core knob goes: ("policy", field), ("monitor", field) or
+    #: ("monitor", knob, argument); empty for the process's own settings.
+    target: tuple[str, ...] = ()
 
 
-_FIELDS: tuple[_Field, ...] = (
-    _Field("bootstrap_servers", str, "127.0.0.1:9092", "Kafka bootstrap servers (host:port,...)"),
-    _Field("topic_prefix", str, "recal.", "prefix of every topic name"),
-    _Field("app_id", str, "recal", "consumer group / faust app id"),
-    _Field("partitions", int, 1, "partitions when the worker creates missing topics", _positive),
-    # `--attribution-window S`, as `recal replay` spells it (DESIGN §11).
-    _Field("attribution_window_s", float, 1800.0, "attribution window W in seconds", _positive,
-           flag="--attribution-window", deprecated_flags=("--attribution-window-s",)),
-    _Field("allowed_lateness_s", float, 60.0, "allowed event-time lateness in seconds",
-           _non_negative),
-    _Field("idle_timeout_s", float, 30.0,
-           "wall seconds without events before an idle partition's watermark advances",
-           _positive),
-    _Field("recalibrate_every", int, 1000, "refit every N mature feedback events per model",
-           _positive),
-    _Field("max_message_bytes", int, 65536, "larger input messages are dead-lettered",
-           _positive),
-    _Field("max_future_s", float, 3600.0,
-           "inputs stamped further than this in the future are dead-lettered", _positive),
-    _Field("session_timeout_s", float, 30.0,
-           "Kafka consumer-group session timeout in seconds (heartbeats every third of it): "
-           "a worker silent this long loses its partitions", _session_timeout),
-    _Field("web_host", str, "127.0.0.1", "address of the metrics/health HTTP server"),
-    _Field("web_port", int, 6066, "port of the metrics/health HTTP server (0: any free)", _port),
-    _Field("expose_tables", bool, False, "serve table contents over HTTP (off by default)"),
-    _Field("data_dir", str, "./recal-data", "local state directory of the worker"),
-    _Field("security_protocol", str, "PLAINTEXT", "Kafka security protocol",
-           _one_of("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")),
-    _Field("sasl_mechanism", str, "PLAIN", "SASL mechanism",
-           _one_of("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")),
-    _Field("sasl_username", str, None, "SASL user name", optional=True),
-    _Field("sasl_password", str, None, "SASL password (never logged)", secret=True,
-           optional=True),
-    _Field("ssl_cafile", str, None, "TLS CA bundle", optional=True),
-    _Field("ssl_certfile", str, None, "TLS client certificate", optional=True),
-    _Field("ssl_keyfile", str, None, "TLS client key", secret=True, optional=True),
-    _Field("ssl_password", str, None, "TLS key password (never logged)", secret=True,
-           optional=True),
-)
+@dataclass(frozen=True)
+class JoinParams:
+    """The attribution join's parameters, in the units the core uses (milliseconds)."""
 
-_FIELD_BY_NAME = {f.name: f for f in _FIELDS}
-
-
-def env_name(field_name: str) -> str:
-    return "RECAL_" + field_name.upper()
-
-
-def flag_name(field_name: str) -> str:
-    field = _FIELD_BY_NAME.get(field_name)
-    if field is not None and field.flag is not None:
-        return field.flag
-    return "--" + field_name.replace("_", "-")
-
-
-def _coerce(field: _Field, raw: Any, source: str) -> Any:
-    if raw is None:
-        if field.optional:
-            return None
-        raise ConfigError(f"{field.name} ({source}) must be set")
-    try:
-        if field.kind is bool:
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if field.kind is int and isinstance(raw, float) and not raw.is_integer():
-            raise ValueError(raw)
-        if field.kind in (int, float) and isinstance(raw, bool):
-            raise ValueError(raw)
-        return field.kind(raw)
-    except (TypeError, ValueError):
-        shown = _SECRET_MASK if field.secret else repr(raw)
-        raise ConfigError(
-            f"{field.name} ({source}) must be {field.kind.__name__}; got {shown}"
-        ) from None
+    window_ms: int
+    allowed_lateness_ms: int
+    idle_timeout_ms: int
+    max_message_bytes: int
+    max_future_ms: int
 
 
 @dataclass(frozen=True)
 class Settings:
     """The validated configuration of one recal process.
 
-    >>> s = Settings.load(env={"RECAL_ATTRIBUTION_WINDOW_S": "600"})
-    >>> s.attribution_window_s, s.topic("impressions")
-    (600.0, 'recal.impressions')
+    >>> env = {"RECAL_ATTRIBUTION_WINDOW_S": "600", "RECAL_STALL_WINDOW_MS": "60000"}
+    >>> s = Settings.load(env=env)
+    >>> s.attribution_window_s, s.topic("impressions"), s.monitor_config().stall["window_ms"]
+    (600.0, 'recal.impressions', 60000)
     """
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topic_prefix: str = "recal."
-    app_id: str = "recal"
-    partitions: int = 1
-    attribution_window_s: float = 1800.0
-    allowed_lateness_s: float = 60.0
-    idle_timeout_s: float = 30.0
-    recalibrate_every: int = 1000
-    max_message_bytes: int = 65536
-    max_future_s: float = 3600.0
-    session_timeout_s: float = 30.0
-    web_host: str = "127.0.0.1"
-    web_port: int = 6066
-    expose_tables: bool = False
-    data_dir: str = "./recal-data"
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = "PLAIN"
-    sasl_username: str | None = None
-    sasl_password: str | None = None
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_password: str | None = None
+    bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers (host:port,...)")
+    topic_prefix: str = _setting("recal.", "prefix of every topic name")
+    app_id: str = _setting("recal", "consumer group / faust app id")
+    partitions: int = _setting(
+        1, "partitions when the worker creates missing input topics", _positive
+    )
+    # `--attribution-window S` and `--allowed-lateness S`, as `recal replay` spells them
+    # (DESIGN §11); the worker's older `-s` spellings still work.
+    attribution_window_s: float = _setting(
+        1800.0, "attribution window W in seconds", _positive, flag="--attribution-window",
+        deprecated_flags=("--attribution-window-s",), replay=True, group="join",
+    )
+    allowed_lateness_s: float = _setting(
+        60.0, "allowed event-time lateness in seconds", _non_negative,
+        flag="--allowed-lateness", deprecated_flags=("--allowed-lateness-s",), replay=True,
+        group="join",
+    )
+    idle_timeout_s: float = _setting(
+        30.0, "wall seconds without events before an idle partition's watermark advances",
+        _positive, group="join",
+    )
+    recalibrate_every: int = _setting(
+        1000, "refit every N mature feedback events per model", _positive, replay=True,
+        group="join",
+    )
+    max_message_bytes: int = _setting(
+        65536, "larger input messages are dead-lettered (too_large)", _positive, replay=True,
+        group="join",
+    )
+    max_future_s: float = _setting(
+        3600.0, "inputs stamped further than this in the future are dead-lettered (future_ts)",
+        _positive, group="join",
+    )
+    session_timeout_s: float = _setting(
+        30.0,
+        "Kafka consumer-group session timeout in seconds, in [6, 1800] (the broker's default "
+        "group.min/max.session.timeout.ms); heartbeats every third of it. A worker silent "
+        "this long (dead, or its event loop stalled) loses its partitions to a rebalance",
+        _session_timeout,
+    )
+    web_host: str = _setting("127.0.0.1", "address of the metrics/health HTTP server")
+    web_port: int = _setting(
+        6066, "port of the metrics/health HTTP server (0: any free)", _port
+    )
+    expose_tables: bool = _setting(False, "serve table contents over HTTP (off by default)")
+    data_dir: str = _setting("./recal-data", "local state directory of the worker")
+    security_protocol: str = _setting(
+        "PLAINTEXT", "Kafka security protocol",
+        _OneOf("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    sasl_mechanism: str = _setting(
+        "PLAIN", "SASL mechanism", _OneOf("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    )
+    sasl_username: str | None = _setting(None, "SASL user name")
+    sasl_password: str | None = _setting(None, "SASL password (never logged)", secret=True)
+    ssl_cafile: str | None = _setting(None, "TLS CA bundle")
+    ssl_certfile: str | None = _setting(None, "TLS client certificate")
+    ssl_keyfile: str | None = _setting(None, "TLS client key (never logged)", secret=True)
+    ssl_password: str | None = _setting(None, "TLS key password (never logged)", secret=True)
+    #: The core's hyper-parameters by setting name (`policy_z`, `stall_window_ms`, ...);
+    #: every derived setting is present (missing ones take their defaults).
+    # A lambda: `_default_knobs` is defined below, with the derivation it needs.
+    # Left out of the hash (a dict is unhashable); equality still compares it.
+    knobs: Mapping[str, Any] = field(default_factory=lambda: _default_knobs(), hash=False)
 
     @classmethod
     def load(
@@ -199,21 +241,28 @@ class Settings:
         if config_file is not None:
             file_values = _read_config_file(Path(config_file))
         values: dict[str, Any] = {}
-        for field in _FIELDS:
-            raw: Any = field.default
+        sources: dict[str, str] = {}
+        for f in all_fields():
+            raw: Any = f.default
             source = "default"
-            if field.name in file_values:
-                raw, source = file_values[field.name], f"config file {config_file}"
-            if env_name(field.name) in env:
-                raw, source = env[env_name(field.name)], env_name(field.name)
-            if overrides and overrides.get(field.name) is not None:
-                raw, source = overrides[field.name], flag_name(field.name)
-            value = _coerce(field, raw, source)
-            if value is not None and field.check is not None:
-                field.check(f"{field.name} ({source})", value)
-            values[field.name] = value
-        settings = cls(**values)
+            if f.name in file_values:
+                raw, source = file_values[f.name], f"config file {config_file}"
+            if env_name(f.name) in env:
+                raw, source = env[env_name(f.name)], env_name(f.name)
+            if overrides and overrides.get(f.name) is not None:
+                raw, source = overrides[f.name], flag_name(f.name)
+            value = _coerce(f, raw, source)
+            if value is not None and f.check is not None:
+                f.check(f"{f.name} ({source})", value)
+            values[f.name] = value
+            sources[f.name] = source
+        core = {f.name for f in _core_fields()}
+        settings = cls(
+            **{k: v for k, v in values.items() if k not in core},
+            knobs={k: v for k, v in values.items() if k in core},
+        )
         settings._check_consistency()
+        _validate_core(values, sources)
         return settings
 
     def _check_consistency(self) -> None:
@@ -249,15 +298,374 @@ class Settings:
         guidance), so two heartbeats can be lost before the session expires."""
         return self.session_timeout_s / 3
 
+    def join_params(self) -> JoinParams:
+        """The join's parameters in milliseconds, for the core."""
+        return JoinParams(
+            window_ms=self.window_ms,
+            allowed_lateness_ms=self.lateness_ms,
+            idle_timeout_ms=self.idle_timeout_ms,
+            max_message_bytes=self.max_message_bytes,
+            max_future_ms=int(self.max_future_s * 1000),
+        )
+
+    def policy_config(self) -> PolicyConfig:
+        """The recalibration policy's hyper-parameters (validated by `PolicyConfig`)."""
+        return _build_policy(self._core_values())
+
+    def monitor_config(self) -> MonitorConfig:
+        """The monitor's hyper-parameters (validated by `MonitorConfig`)."""
+        return _build_monitor(self._core_values())
+
+    def _core_values(self) -> dict[str, Any]:
+        values = {**_core_defaults(), **self.knobs}
+        # A core knob with a process-level setting of the same name (recalibrate_every).
+        for name, _ in _core_targets():
+            if name not in values:
+                values[name] = getattr(self, name)
+        return values
+
     def describe(self) -> dict[str, Any]:
         """All settings for the start-up log; secrets are masked, never printed."""
+        values = {f.name: getattr(self, f.name) for f in _worker_fields()}
+        values.update(self._core_values())
         out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if _FIELD_BY_NAME[f.name].secret and value is not None:
-                value = _SECRET_MASK
-            out[f.name] = value
+        for f in all_fields():
+            value = values[f.name]
+            out[f.name] = _SECRET_MASK if f.secret and value is not None else value
         return out
+
+
+# --- the process's own settings, from the fields of `Settings` ----------------------------
+
+
+def _split_optional(hint: Any) -> tuple[Any, bool]:
+    """(`X`, True) for `X | None`, (`hint`, False) otherwise."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(rest) == 1 and len(rest) < len(typing.get_args(hint)):
+            return rest[0], True
+    return hint, False
+
+
+def _kind(hint: Any, where: str) -> tuple[type, type | None, bool]:
+    """(kind, item type, optional) of a type hint; an unsupported hint is a bug here."""
+    hint, optional = _split_optional(hint)
+    if hint in (int, float, str, bool):
+        return hint, None, optional
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (tuple, Sequence) and args and args[0] in (int, float, str):
+        return tuple, args[0], optional
+    if origin in (dict, Mapping):
+        return dict, None, optional
+    raise TypeError(f"{where}: no setting type for {hint!r}")
+
+
+@cache
+def _worker_fields() -> tuple[_Field, ...]:
+    hints = typing.get_type_hints(Settings)
+    out = []
+    for f in fields(Settings):
+        meta = f.metadata.get("setting")
+        if meta is None:
+            continue
+        kind, item, optional = _kind(hints[f.name], f"Settings.{f.name}")
+        out.append(_Field(
+            f.name, kind, f.default, meta.help, meta.check, meta.secret, optional, meta.flag,
+            meta.deprecated_flags, meta.replay, meta.group, item,
+        ))
+    return tuple(out)
+
+
+# --- the core's knobs, derived from the core config classes -------------------------------
+
+
+#: Help taken from a docstring is cut here: the full story stays in the docstring.
+_MAX_HELP = 200
+_EARLY_MENTION = 80
+
+
+def _find(text: str, mark: str) -> int:
+    at = text.find(mark)
+    return len(text) if at < 0 else at
+
+
+def _doc_of(name: str, *docs: str | None) -> str | None:
+    """The first sentence of `docs` that mentions ``name`` (in double back-quotes, or a
+    ``prefix_*`` pattern that covers it), as plain text: the core documents its knobs in its
+    docstrings, so the help is taken from there."""
+    marks = [f"``{name}``"] + [
+        f"``{name[: i + 1]}*``" for i, ch in enumerate(name) if ch == "_"
+    ]
+    sentences = [
+        sentence
+        for doc in docs if doc
+        for sentence in re.split(
+            r"(?<=[.;])(?<!e\.g\.)(?<!i\.e\.)\s+(?=[A-Z`-])|\s+-\s+",
+            " ".join(inspect.cleandoc(doc).split()),
+        )
+        if any(mark in sentence for mark in marks)
+    ]
+    # A sentence that starts with the name defines it; one that names it early is about it;
+    # a later mention is usually about something else (better no help than a wrong one).
+    defining = [s for s in sentences if s.lstrip(" -").startswith(tuple(marks))]
+    sentences = [s for s in sentences if min(_find(s, m) for m in marks) < _EARLY_MENTION]
+    for sentence in defining or sentences:
+        text = sentence.replace("``", "`").strip(" -")
+        return text if len(text) <= _MAX_HELP else text[: _MAX_HELP - 1].rstrip() + "…"
+    return None
+
+
+def _default_of(f: Any) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory()
+
+
+@cache
+def _core_fields() -> tuple[_Field, ...]:
+    out: list[_Field] = []
+    own = {f.name for f in _worker_fields()}
+
+    hints = typing.get_type_hints(PolicyConfig)
+    for f in fields(PolicyConfig):
+        if f.name in own:
+            # Served by the process-level setting of the same name (`recalibrate_every`).
+            continue
+        kind, item, optional = _kind(hints[f.name], f"PolicyConfig.{f.name}")
+        out.append(_Field(
+            f"policy_{f.name}", kind, _default_of(f),
+            _doc_of(f.name, PolicyConfig.__doc__) or f"`{f.name}` of `PolicyConfig`",
+            optional=optional, replay=True, group="policy (PolicyConfig)", item=item,
+            target=("policy", f.name),
+        ))
+
+    components = dict(COMPONENTS)
+    default_monitor = MonitorConfig()
+    hints = typing.get_type_hints(MonitorConfig)
+    for f in fields(MonitorConfig):
+        if f.name in components:
+            continue
+        if f.name == "severity":
+            out.extend(_severity_fields(default_monitor))
+            continue
+        kind, item, optional = _kind(hints[f.name], f"MonitorConfig.{f.name}")
+        out.append(_Field(
+            f"monitor_{f.name}", kind, _default_of(f),
+            _doc_of(f.name, MonitorConfig.__doc__) or f"`{f.name}` of `MonitorConfig`",
+            optional=optional, replay=True, group="monitor (MonitorConfig)", item=item,
+            target=("monitor", f.name),
+        ))
+
+    for knob, cls in COMPONENTS:
+        configured = getattr(default_monitor, knob)
+        params = inspect.signature(cls, eval_str=True).parameters
+        for arg, param in params.items():
+            if arg in PINNED.get(knob, {}) or param.default is inspect.Parameter.empty:
+                continue
+            kind, item, optional = _kind(param.annotation, f"{cls.__name__}({arg})")
+            default = configured.get(arg, param.default)
+            if kind is tuple and default is not None:
+                default = tuple(default)
+            out.append(_Field(
+                f"{knob}_{arg}", kind, default,
+                _doc_of(arg, cls.__doc__) or f"`{arg}` of `{cls.__name__}`",
+                optional=optional, replay=True, group=f"monitor.{knob} ({cls.__name__})",
+                item=item, target=("monitor", knob, arg),
+            ))
+    return tuple(out)
+
+
+def _severity_fields(default_monitor: MonitorConfig) -> list[_Field]:
+    return [
+        _Field(
+            f"severity_{kind}", str, default_monitor.severity_of(kind),
+            f"severity of `{kind}` alerts",
+            _OneOf(*SEVERITIES), replay=True, group="monitor.severity",
+            target=("monitor", "severity", kind),
+        )
+        for kind in KINDS
+    ]
+
+
+@cache
+def _core_defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in _core_fields()}
+
+
+def _default_knobs() -> dict[str, Any]:
+    return dict(_core_defaults())
+
+
+@cache
+def all_fields() -> tuple[_Field, ...]:
+    """Every setting: the process's own, then the core's derived knobs."""
+    return _worker_fields() + _core_fields()
+
+
+@cache
+def _fields_by_name() -> dict[str, _Field]:
+    by_name = {f.name: f for f in all_fields()}
+    if len(by_name) != len(all_fields()):
+        # Two derived names collide: a core knob was added whose name needs a new prefix.
+        names = [f.name for f in all_fields()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise TypeError(f"duplicate setting names: {twice}")
+    return by_name
+
+
+def _core_targets() -> Iterable[tuple[str, tuple[str, ...]]]:
+    own = {f.name for f in _worker_fields()}
+    for f in fields(PolicyConfig):
+        if f.name in own:
+            yield f.name, ("policy", f.name)
+    for knob in _core_fields():
+        yield knob.name, knob.target
+
+
+def _build_policy(values: Mapping[str, Any]) -> PolicyConfig:
+    kwargs = {t[1]: values[name] for name, t in _core_targets() if t[0] == "policy"}
+    return PolicyConfig(**kwargs)
+
+
+def _build_monitor(values: Mapping[str, Any]) -> MonitorConfig:
+    """A `MonitorConfig` from flat values. A component argument goes into its knob's
+    keyword arguments when `MonitorConfig` sets it by default or its value differs from the
+    component's own default, so all-default settings give exactly `MonitorConfig()`."""
+    base = MonitorConfig()
+    plain = MonitorConfig(severity={})
+    kwargs: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    signatures = {knob: inspect.signature(cls).parameters for knob, cls in COMPONENTS}
+    for name, target in _core_targets():
+        if target[0] != "monitor":
+            continue
+        value = values[name]
+        if len(target) == 2:
+            kwargs[target[1]] = value
+            continue
+        knob, key = target[1], target[2]
+        configured = getattr(base, knob)
+        own_default = (
+            plain.severity_of(key) if knob == "severity" else signatures[knob][key].default
+        )
+        if key in configured or value != _as_default(own_default):
+            nested.setdefault(knob, {})[key] = value
+    for knob in [*signatures, "severity"]:
+        kwargs[knob] = nested.get(knob, {})
+    return MonitorConfig(**kwargs)
+
+
+def _as_default(value: Any) -> Any:
+    # Sequence defaults compare as tuples, as the settings hold them.
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _validate_core(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """Build the core configs once so a bad knob fails at start-up, reported against the
+    variable or flag that set it: the knob that fails on its own, else every knob of that
+    config not at its default (a constraint between knobs, e.g. train_buffer >=
+    recent_window)."""
+    defaults = {**_core_defaults(), **{f.name: f.default for f in _worker_fields()}}
+    for group, build in (("policy", _build_policy), ("monitor", _build_monitor)):
+        try:
+            build(values)
+        except (ConfigError, ValueError, TypeError) as exc:
+            changed = [
+                name for name, target in _core_targets()
+                if target[0] == group and sources.get(name, "default") != "default"
+            ]
+            culprits = [n for n in changed if _fails(build, {**defaults, n: values[n]})]
+            named = ", ".join(f"{n} ({sources[n]})" for n in (culprits[:1] or changed))
+            raise ConfigError(f"{named or group}: {exc}") from None
+
+
+def _fails(build: Callable[[Mapping[str, Any]], object], values: Mapping[str, Any]) -> bool:
+    try:
+        build(values)
+    except (ConfigError, ValueError, TypeError):
+        return True
+    return False
+
+
+# --- names, parsing, files, flags ----------------------------------------------------------
+
+
+def env_name(field_name: str) -> str:
+    return "RECAL_" + field_name.upper()
+
+
+def flag_name(field_name: str) -> str:
+    field = _fields_by_name().get(field_name)
+    if field is not None and field.flag is not None:
+        return field.flag
+    return "--" + field_name.replace("_", "-")
+
+
+_NONE_TEXT = ("", "none", "null")
+
+
+def _coerce(field: _Field, raw: Any, source: str) -> Any:
+    if raw is None:
+        if field.optional:
+            return None
+        raise ConfigError(f"{field.name} ({source}) must be set")
+    if (
+        field.optional and field.kind is not str and isinstance(raw, str)
+        and raw.strip().lower() in _NONE_TEXT
+    ):
+        return None
+    try:
+        if field.kind is tuple:
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, (list, tuple)):
+                raise ValueError(raw)
+            item = field.item or str
+            return tuple(
+                _scalar(item, x.strip() if isinstance(x, str) else x)
+                for x in items
+                if not (isinstance(x, str) and not x.strip())
+            )
+        if field.kind is dict:
+            value = orjson.loads(raw) if isinstance(raw, (str, bytes)) else raw
+            if not isinstance(value, dict):
+                raise ValueError(raw)
+            return value
+        return _scalar(field.kind, raw)
+    except (TypeError, ValueError, orjson.JSONDecodeError):
+        shown = _SECRET_MASK if field.secret else repr(raw)
+        raise ConfigError(
+            f"{field.name} ({source}) must be {_type_name(field)}; got {shown}"
+        ) from None
+
+
+def _scalar(kind: type, raw: Any) -> Any:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    if kind is int and isinstance(raw, float) and not raw.is_integer():
+        raise ValueError(raw)
+    if kind in (int, float) and isinstance(raw, bool):
+        raise ValueError(raw)
+    if kind is str and not isinstance(raw, str):
+        raise ValueError(raw)
+    return kind(raw)
+
+
+def _type_name(field: _Field) -> str:
+    if field.kind is tuple:
+        name = f"a comma-separated list of {(field.item or str).__name__}"
+    elif field.kind is dict:
+        name = "a JSON object"
+    else:
+        name = field.kind.__name__
+    return f"{name} or none" if field.optional and field.kind is not str else name
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -269,7 +677,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
-    unknown = sorted(set(data) - set(_FIELD_BY_NAME))
+    unknown = sorted(set(data) - set(_fields_by_name()))
     if unknown:
         raise ConfigError(f"config file {path} has unknown settings: {', '.join(unknown)}")
     return data
@@ -292,28 +700,68 @@ class _DeprecatedAlias(argparse.Action):
             namespace.deprecated_flags = [*used, (option_string, flag_name(self.dest))]
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
-    """Add `--flag` for each setting (all, or `names`), defaulting to None (= not given)."""
-    for field in _FIELDS:
-        if names is not None and field.name not in names:
+def format_default(field: _Field) -> str:
+    """A default as a user would write it in the variable (`1800`, `on`, `a,b`, none)."""
+    value = field.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return _number_text(value)
+    if isinstance(value, tuple):
+        return ",".join(_number_text(v) if isinstance(v, float) else str(v) for v in value)
+    if isinstance(value, Mapping):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def _number_text(value: float) -> str:
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+_METAVARS = {int: "N", float: "X", str: "TEXT", tuple: "A,B", dict: "JSON"}
+
+
+def replay_setting_names() -> list[str]:
+    """The settings `recal replay` offers as flags (the join's and the core's)."""
+    return [f.name for f in all_fields() if f.replay]
+
+
+def add_settings_arguments(
+    parser: argparse.ArgumentParser, names: Iterable[str] | None = None
+) -> None:
+    """Add `--flag` for each setting (all, or `names`), defaulting to None (= not given),
+    in one argument group per kind of setting."""
+    wanted = None if names is None else set(names)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in all_fields():
+        if wanted is not None and f.name not in wanted:
             continue
-        help_text = f"{field.help} (env {env_name(field.name)}; default {field.default!r})"
-        if field.deprecated_flags:
-            help_text += f"; deprecated spelling: {', '.join(field.deprecated_flags)}"
-        if field.kind is bool:
-            parser.add_argument(
-                flag_name(field.name), dest=field.name, default=None,
+        if f.group not in groups:
+            groups[f.group] = parser.add_argument_group(f"settings: {f.group}")
+        group = groups[f.group]
+        help_text = f"{_help(f)} (env {env_name(f.name)}; default {format_default(f)})"
+        if f.deprecated_flags:
+            help_text += f"; deprecated spelling: {', '.join(f.deprecated_flags)}"
+        # argparse treats `%` in help as a format string.
+        help_text = help_text.replace("%", "%%")
+        if f.kind is bool:
+            group.add_argument(
+                flag_name(f.name), dest=f.name, default=None,
                 action=argparse.BooleanOptionalAction, help=help_text,
             )
-        elif field.deprecated_flags:
-            parser.add_argument(
-                flag_name(field.name), *field.deprecated_flags, dest=field.name, default=None,
-                type=str, action=_DeprecatedAlias, help=help_text,
+        elif f.deprecated_flags:
+            group.add_argument(
+                flag_name(f.name), *f.deprecated_flags, dest=f.name, default=None,
+                type=str, action=_DeprecatedAlias, metavar=_METAVARS[f.kind], help=help_text,
             )
         else:
-            parser.add_argument(
-                flag_name(field.name), dest=field.name, default=None, type=str,
-                help=help_text,
+            group.add_argument(
+                flag_name(f.name), dest=f.name, default=None, type=str,
+                metavar=_METAVARS[f.kind], help=help_text,
             )
     parser.add_argument("--config", dest="config_file", default=None,
                         help="JSON file of settings (lower precedence than env and flags)")
@@ -322,6 +770,27 @@ def add_settings_arguments(parser: argparse.ArgumentParser, names: list[str] | N
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
     for old, new in getattr(args, "deprecated_flags", None) or ():
         log.warning("%s is deprecated; use %s", old, new)
-    overrides = {f.name: getattr(args, f.name, None) for f in _FIELDS}
+    overrides = {f.name: getattr(args, f.name, None) for f in all_fields()}
     config_file = getattr(args, "config_file", None)
     return Settings.load(env=env, overrides=overrides, config_file=config_file)
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the settings themselves (a test
+    checks that README.md holds exactly this text)."""
+    rows = [
+        "| environment | flag | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for f in all_fields():
+        flag = flag_name(f.name)
+        if f.kind is bool:
+            flag = f"{flag} / --no-{flag[2:]}"
+        meaning = _help(f).replace("|", "\\|")
+        if f.deprecated_flags:
+            meaning += f" (deprecated spelling: {', '.join(f'`{d}`' for d in f.deprecated_flags)})"
+        default = format_default(f)
+        # An empty list has no text to quote; unset is not a value to type.
+        shown = "(unset)" if f.default is None else f"`{default}`" if default else "(empty)"
+        rows.append(f"| `{env_name(f.name)}` | `{flag}` | {shown} | {meaning} |")
+    return "\n".join(rows) + "\n"

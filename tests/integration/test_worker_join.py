@@ -422,7 +422,7 @@ def worker_args(bootstrap: str, prefix: str, app_id: str, data_dir: Path) -> lis
         "--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "--app-id", app_id,
         "--data-dir", str(data_dir), "--web-port", "0",
         "--attribution-window", str(WINDOW_S),
-        "--allowed-lateness-s", str(LATENESS_MS / 1000),
+        "--allowed-lateness", str(LATENESS_MS / 1000),
     ]
 
 
@@ -687,7 +687,7 @@ async def test_idle_partition_negatives_mature_on_wall_time(
         "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", prefix,
         "--app-id", unique_topic("app"), "--data-dir", str(tmp_path / "data"),
         "--web-port", "0", "--partitions", "1",
-        "--attribution-window", "2", "--allowed-lateness-s", "0", "--idle-timeout-s", "1",
+        "--attribution-window", "2", "--allowed-lateness", "0", "--idle-timeout-s", "1",
     ]
     worker = WorkerProcess(args, tmp_path / "worker.log")
     try:

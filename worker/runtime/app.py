@@ -141,6 +141,9 @@ def create_app(settings: Settings, plan: TopicPlan | None = None) -> RecalApp:
         # partitions this long (faust's default: 60 s); a live one whose event loop stalls
         # longer is dropped and the group rebalances.
         broker_session_timeout=settings.session_timeout_s,
+        # faust refuses a session timeout above its request timeout (default 90 s); the
+        # broker allows up to 1800 s, so the request timeout follows a longer session.
+        broker_request_timeout=max(90.0, settings.session_timeout_s),
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         web_enabled=True,
         web_bind=settings.web_host,

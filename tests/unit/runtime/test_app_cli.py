@@ -87,11 +87,24 @@ def test_session_timeout_flag_reaches_the_app_config(tmp_path: Path) -> None:
     assert (from_env.session_timeout_s, from_env.heartbeat_interval_s) == (12.0, 4.0)
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "90.5", "nan"])
+@pytest.mark.parametrize("value", ["0", "-5", "1", "5.9", "1800.5", "nan"])
 def test_invalid_session_timeout_exits_2(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # 1 s used to pass and left the worker live but never ready: the broker refuses < 6 s.
     assert main(["worker", f"--session-timeout-s={value}"]) == 2
     err = capsys.readouterr().err
-    assert "session_timeout_s (--session-timeout-s) must be > 0 and <= 90 seconds" in err
+    assert "session_timeout_s (--session-timeout-s) must be in [6, 1800] seconds" in err
+    assert "group.min.session.timeout.ms" in err
+
+
+def test_session_timeout_bounds_are_accepted(tmp_path: Path) -> None:
+    assert _worker_settings(["--session-timeout-s", "6"]).session_timeout_s == 6.0
+    longest = _worker_settings(
+        ["--session-timeout-s", "1800", "--data-dir", str(tmp_path), "--web-port", "0"]
+    )
+    # faust refuses a session timeout above its request timeout: the app raises it to match.
+    app = create_app(longest)
+    assert app.conf.broker_session_timeout == 1800.0
+    assert app.conf.broker_request_timeout == 1800.0
 
 
 def test_attribution_window_flag_and_its_deprecated_alias(

@@ -24,6 +24,23 @@ from worker.core.posteriors import PosteriorStore
 # per 10^6 events of the model (DESIGN §7).
 _SCOPE_ARL0 = 2e6
 
+#: The component behind each keyword-argument knob of ``MonitorConfig``: the constructor that
+#: validates it here, and whose signature ``worker.settings`` flattens into one setting per
+#: argument, so a new detector parameter is configurable with no second declaration.
+COMPONENTS: tuple[tuple[str, type], ...] = (
+    ("calibration_cusum", CalibrationCusum),
+    ("base_rate", BaseRateShift),
+    ("score_shift", ScoreShift),
+    ("ece_high", EceHigh),
+    ("stall", FeedbackStall),
+    ("late_clicks", LateClickRate),
+    ("alerts", AlertLifecycle),
+    ("posteriors", PosteriorStore),
+)
+#: Component arguments the monitor fixes (clicks are always tested against the served
+#: probability); they are not settings.
+PINNED: dict[str, dict[str, Any]] = {"base_rate": {"reference": "expected"}}
+
 
 def _kwargs(name: str, value: object) -> dict[str, Any]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
@@ -123,19 +140,11 @@ class MonitorConfig:
         _int("conformal_min_n", self.conformal_min_n, 1)
         if not isinstance(self.segment_scopes, bool):
             raise ConfigError(f"segment_scopes must be a bool; got {self.segment_scopes!r}")
-        for name, cls in (
-            ("calibration_cusum", CalibrationCusum),
-            ("base_rate", BaseRateShift),
-            ("score_shift", ScoreShift),
-            ("ece_high", EceHigh),
-            ("stall", FeedbackStall),
-            ("late_clicks", LateClickRate),
-            ("alerts", AlertLifecycle),
-            ("posteriors", PosteriorStore),
-        ):
+        for name, cls in COMPONENTS:
             kwargs = _kwargs(name, getattr(self, name))
-            if name == "base_rate" and kwargs.get("reference", "expected") != "expected":
-                raise ConfigError("base_rate reference must be 'expected' in the monitor")
+            for key, pinned in PINNED.get(name, {}).items():
+                if kwargs.get(key, pinned) != pinned:
+                    raise ConfigError(f"{name} {key} must be {pinned!r} in the monitor")
             try:
                 cls(**kwargs)
             except TypeError as exc:
