@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from worker.core.checks import check_int
 from worker.core.drift._cusum import (
     DEFAULT_ARL0,
     DEFAULT_MARGIN,
@@ -22,7 +23,6 @@ from worker.core.drift._cusum import (
     bad_p,
     bad_y,
     bernoulli_kl,
-    check_int,
     check_real,
     check_version,
     lorden_threshold,

@@ -7,7 +7,8 @@ from typing import Any
 
 from scipy.special import pdtr
 
-from worker.core.drift._cusum import check_int, check_real, check_version
+from worker.core.checks import check_int
+from worker.core.drift._cusum import check_real, check_version
 from worker.core.errors import ConfigError, InvalidInputError
 
 
