@@ -47,6 +47,7 @@ import numpy as np
 
 from worker.core.checks import check_positive
 from worker.core.errors import ConfigError
+from worker.core.mathfn import sigmoid_array
 
 ScoreField = Literal["score", "logit", "both", "mixed"]
 SCORE_FIELDS: tuple[str, ...] = ("score", "logit", "both", "mixed")
@@ -340,7 +341,7 @@ class Scenario:
             z += offsets[rng.integers(0, len(self.arms), n_draws)]
             z += rng.normal(0.0, self.user_arm_logit_sd, n_draws)
         z += rng.normal(0.0, self.item_logit_sd, n_draws)
-        return float(np.mean(1.0 / (1.0 + np.exp(-z))))
+        return float(np.mean(sigmoid_array(z)))
 
     # --- serialisation ---
 
