@@ -45,7 +45,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from worker.core.checks import check_positive
 from worker.core.errors import ConfigError
+from worker.core.mathfn import sigmoid_array
 
 ScoreField = Literal["score", "logit", "both", "mixed"]
 SCORE_FIELDS: tuple[str, ...] = ("score", "logit", "both", "mixed")
@@ -98,12 +100,6 @@ def _finite(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number; got {value!r}")
     return float(value)
-
-
-def _positive(name: str, value: float) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float))
-    if not ok or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a finite number > 0; got {value!r}")
 
 
 def _nonneg(name: str, value: float) -> None:
@@ -206,13 +202,13 @@ class Scenario:
         _int("n_items", self.n_items, 1)
         _int("seed", self.seed, 0)
         _int("start_ts_ms", self.start_ts_ms, 0)
-        _positive("events_per_second", self.events_per_second)
+        check_positive("events_per_second", self.events_per_second)
         if not isinstance(self.model_id, str) or not 1 <= len(self.model_id) <= 128:
             raise ConfigError(
                 f"model_id must be a string of 1-128 characters; got {self.model_id!r}"
             )
-        _positive("ctr_alpha", self.ctr_alpha)
-        _positive("ctr_beta", self.ctr_beta)
+        check_positive("ctr_alpha", self.ctr_alpha)
+        check_positive("ctr_beta", self.ctr_beta)
         _nonneg("item_logit_sd", self.item_logit_sd)
         _nonneg("user_arm_logit_sd", self.user_arm_logit_sd)
         _nonneg("user_activity_sigma", self.user_activity_sigma)
@@ -254,17 +250,17 @@ class Scenario:
                 f"among n_users={self.n_users}"
             )
         _share("new_users_from", self.new_users_from, closed=False)
-        _positive("new_user_mean_events", self.new_user_mean_events)
+        check_positive("new_user_mean_events", self.new_user_mean_events)
         _finite("new_user_model_bias", self.new_user_model_bias)
         _index("base_rate_shift_at", self.base_rate_shift_at, self.n_events)
-        _positive("base_rate_shift_odds", self.base_rate_shift_odds)
+        check_positive("base_rate_shift_odds", self.base_rate_shift_odds)
 
-        _positive("temperature", self.temperature)
+        check_positive("temperature", self.temperature)
         _finite("bias", self.bias)
         _nonneg("model_noise_sd", self.model_noise_sd)
         _index("drift_at_event", self.drift_at_event, self.n_events)
         if self.drift_temperature is not None:
-            _positive("drift_temperature", self.drift_temperature)
+            check_positive("drift_temperature", self.drift_temperature)
         if self.drift_bias is not None:
             _finite("drift_bias", self.drift_bias)
         if self.drift_at_event is None and (
@@ -277,7 +273,7 @@ class Scenario:
             )
 
         _int("attribution_window_ms", self.attribution_window_ms, 1)
-        _positive("click_delay_mean_ms", self.click_delay_mean_ms)
+        check_positive("click_delay_mean_ms", self.click_delay_mean_ms)
         _share("late_click_share", self.late_click_share)
         _share("skew_share", self.skew_share)
         if self.late_click_share + self.skew_share > 1:
@@ -345,7 +341,7 @@ class Scenario:
             z += offsets[rng.integers(0, len(self.arms), n_draws)]
             z += rng.normal(0.0, self.user_arm_logit_sd, n_draws)
         z += rng.normal(0.0, self.item_logit_sd, n_draws)
-        return float(np.mean(1.0 / (1.0 + np.exp(-z))))
+        return float(np.mean(sigmoid_array(z)))
 
     # --- serialisation ---
 

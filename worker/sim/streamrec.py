@@ -37,6 +37,7 @@ from typing import IO, Any, NamedTuple, TypeVar, cast
 import numpy as np
 import orjson
 
+from worker.core.mathfn import sigmoid_array
 from worker.sim.corruption import (
     MALFORMED_KINDS,
     MALFORMED_WEIGHTS,
@@ -416,10 +417,6 @@ def _objects(values: list[Any]) -> np.ndarray:
     return np.fromiter(values, dtype=object, count=len(values))
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
-
-
 class _Generator:
     """The chunk loop; one instance per stream.
 
@@ -502,7 +499,7 @@ class _Generator:
         z_model = z
         if sc.base_rate_shift_at is not None:
             z = z + np.where(idx >= sc.base_rate_shift_at, math.log(sc.base_rate_shift_odds), 0.0)
-        p = _sigmoid(z)
+        p = sigmoid_array(z)
 
         t0, b0 = sc.temperature_bias_at(i0)
         temp = np.full(n, t0)
@@ -515,7 +512,7 @@ class _Generator:
             z_model + rng.normal(0.0, sc.model_noise_sd, n) if sc.model_noise_sd > 0 else z_model
         )
         logit = temp * noisy + bias + pop.seg_bias[seg]
-        score = _sigmoid(logit)
+        score = sigmoid_array(logit)
         mode = (
             np.full(n, self.fixed_mode) if self.fixed_mode is not None else rng.integers(0, 3, n)
         )

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from numbers import Integral, Real
 from typing import Any
 
+from worker.core.checks import timestamp
 from worker.core.errors import ConfigError, InvalidInputError
 
 KINDS = (
@@ -29,7 +30,6 @@ _ISO_UTC = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|\+00:00)$"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MAX_TS = 9_007_199_254_740_991
 # The key of the lifecycle facts this class adds to ``details``; callers may not use it.
 LIFECYCLE_KEY = "lifecycle"
 
@@ -498,12 +498,7 @@ def _check_observation(
             isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(float(x))
         ):
             raise InvalidInputError("schema", f"{name} must be a finite number or None; got {x!r}")
-    if isinstance(event_ts, bool) or not isinstance(event_ts, Integral) or not (
-        0 <= int(event_ts) <= _MAX_TS
-    ):
-        raise InvalidInputError(
-            "schema", f"event_ts must be an integer epoch-ms timestamp >= 0; got {event_ts!r}"
-        )
+    timestamp("event_ts", event_ts)
     if not isinstance(created_at, str) or not _ISO_UTC.match(created_at):
         raise InvalidInputError(
             "schema", f"created_at must be an ISO 8601 UTC time string; got {created_at!r}"

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import expit, logit
+from scipy.special import logit
 
 from worker.core.errors import InvalidInputError
 
@@ -20,12 +20,6 @@ ScoreOut = float | FloatArray
 
 # DESIGN §3: z = logit(clip(score, 1e-6, 1 - 1e-6)).
 CLIP_EPS = 1e-6
-
-
-def sigmoid(z: FloatArray) -> FloatArray:
-    """Numerically stable logistic function."""
-    out: FloatArray = expit(z)
-    return out
 
 
 def dot(a: FloatArray, b: FloatArray) -> float:

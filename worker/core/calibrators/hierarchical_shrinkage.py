@@ -9,12 +9,13 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import ArrayLike
 
-from worker.core.calibrators._numeric import FloatArray, sigmoid, training_arrays
+from worker.core.calibrators._numeric import FloatArray, training_arrays
 from worker.core.calibrators.calibrator import Calibrator
 from worker.core.calibrators.identity import IdentityCalibrator
 from worker.core.calibrators.platt import PlattCalibrator, fit_logistic
 from worker.core.calibrators.temperature import T_MAX, T_MIN, TemperatureCalibrator
 from worker.core.errors import ConfigError
+from worker.core.mathfn import sigmoid_array
 
 K = TypeVar("K", bound=Hashable)
 ChildData = tuple[ArrayLike, ArrayLike, ArrayLike | None]
@@ -165,7 +166,7 @@ class HierarchicalShrinkage:
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         # Gradient U, information H and the gradient's covariance V, all at the parent.
         x = self._design(z)
-        mu = sigmoid(x @ theta_p)
+        mu = sigmoid_array(x @ theta_p)
         v = mu * (1.0 - mu)
         grad = x.T @ (w * (mu - y))
         hess = (x * (w * v)[:, None]).T @ x

@@ -13,11 +13,11 @@ from worker.core.calibrators._numeric import (
     as_logits,
     as_scores,
     out,
-    sigmoid,
     training_arrays,
 )
 from worker.core.calibrators.calibrator import Calibrator
 from worker.core.errors import ConfigError
+from worker.core.mathfn import sigmoid_array
 
 
 class IdentityCalibrator(Calibrator):
@@ -46,7 +46,7 @@ class IdentityCalibrator(Calibrator):
     def apply_logit(self, z: ScoreLike) -> ScoreOut:
         """``sigmoid(z)``: the model's own probability."""
         za, scalar = as_logits(z)
-        return out(sigmoid(za), scalar)
+        return out(sigmoid_array(za), scalar)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> IdentityCalibrator:

@@ -17,11 +17,11 @@ from worker.core.calibrators._numeric import (
     as_logits,
     as_scores,
     out,
-    sigmoid,
     training_arrays,
 )
 from worker.core.calibrators.calibrator import Calibrator
 from worker.core.errors import ConfigError
+from worker.core.mathfn import sigmoid_array
 
 if TYPE_CHECKING:
     from worker.core.sketches.logit_histogram import LogitHistogram
@@ -93,7 +93,7 @@ class IsotonicCalibrator(Calibrator):
     def apply_logit(self, z: ScoreLike) -> ScoreOut:
         """``apply(sigmoid(z))``: isotonic lives on the score scale."""
         za, scalar = as_logits(z)
-        return out(np.interp(sigmoid(za), self._x, self._y), scalar)
+        return out(np.interp(sigmoid_array(za), self._x, self._y), scalar)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> IsotonicCalibrator:
@@ -108,7 +108,7 @@ class IsotonicCalibrator(Calibrator):
     ) -> IsotonicCalibrator:
         """Fit on the scores ``sigmoid(z)`` (isotonic regression is on the score scale)."""
         za, ya, wa = training_arrays(z, y, weights)
-        return cls._fit_on_scores(sigmoid(za), ya, wa)
+        return cls._fit_on_scores(sigmoid_array(za), ya, wa)
 
     @classmethod
     def fit_scores(

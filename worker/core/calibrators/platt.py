@@ -16,11 +16,11 @@ from worker.core.calibrators._numeric import (
     as_logits,
     dot,
     out,
-    sigmoid,
     training_arrays,
 )
 from worker.core.calibrators.calibrator import Calibrator
 from worker.core.errors import ConfigError
+from worker.core.mathfn import sigmoid_array
 
 # A ridge of 1e-10 per unit of weight keeps the optimum finite on separable data (tiny users,
 # one-class windows) while moving non-separable fits by ~1e-10: invisible next to sklearn's
@@ -83,7 +83,7 @@ class PlattCalibrator(Calibrator):
         return out(self._apply_logit_unchecked(za), scalar)
 
     def _apply_logit_unchecked(self, z: FloatArray) -> FloatArray:
-        return sigmoid(self._a * z + self._b)
+        return sigmoid_array(self._a * z + self._b)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> PlattCalibrator:
@@ -133,7 +133,7 @@ def fit_logistic(
     a, b = c_a, c_b
     f = objective(a, b)
     for _ in range(_MAX_ITER):
-        p = sigmoid(a * z + b)
+        p = sigmoid_array(a * z + b)
         r = p - y
         s = w * p * (1.0 - p)
         sz = s * z

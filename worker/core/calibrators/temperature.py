@@ -16,11 +16,11 @@ from worker.core.calibrators._numeric import (
     as_logits,
     dot,
     out,
-    sigmoid,
     training_arrays,
 )
 from worker.core.calibrators.calibrator import Calibrator
 from worker.core.errors import ConfigError
+from worker.core.mathfn import sigmoid_array
 
 # Fitted temperatures are kept in [0.01, 100]: beyond that the model's logits carry no usable
 # signal (T -> inf, or negative when scores are anti-correlated with labels) or the data are
@@ -78,7 +78,7 @@ class TemperatureCalibrator(Calibrator):
         return out(self._apply_logit_unchecked(za), scalar)
 
     def _apply_logit_unchecked(self, z: FloatArray) -> FloatArray:
-        return sigmoid(z / self._t)
+        return sigmoid_array(z / self._t)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TemperatureCalibrator:
@@ -97,7 +97,7 @@ class TemperatureCalibrator(Calibrator):
 
 
 def _grad_hess(u: float, z: FloatArray, y: FloatArray, w: FloatArray) -> tuple[float, float]:
-    p = sigmoid(u * z)
+    p = sigmoid_array(u * z)
     g = dot(w * z, p - y)
     h = dot(w * z * z, p * (1.0 - p))
     return g, h

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import math
-from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from worker.core.checks import MAX_TS, is_real, timestamp
 from worker.core.errors import ConfigError, InvalidInputError
 
-MAX_TS = 9_007_199_254_740_991
-
-
-def is_real(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+# MAX_TS, is_real and timestamp are the core's (worker.core.checks); re-exported for _checks.X.
+__all__ = ["MAX_TS", "alpha", "is_real", "labels", "probabilities", "qhat", "timestamp"]
 
 
 def alpha(value: object) -> float:
@@ -61,10 +57,3 @@ def labels(y: Any, shape: tuple[int, ...]) -> NDArray[np.int8]:
             "schema", f"labels of shape {raw.shape} do not match scores of shape {shape}"
         ) from exc
 
-
-def timestamp(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= int(value) <= MAX_TS:
-        raise InvalidInputError(
-            "schema", f"{name} must be an integer epoch-ms timestamp >= 0; got {value!r}"
-        )
-    return int(value)

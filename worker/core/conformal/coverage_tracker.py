@@ -138,7 +138,7 @@ class CoverageTracker:
         self._sums[_W2] *= f  # squared weights decay twice as fast
 
     def merge(self, other: CoverageTracker) -> CoverageTracker:
-        """Both trackers' events as a new tracker (same half-life required)."""
+        """Both trackers' events as a new tracker (same half-life required); neither changes."""
         if not isinstance(other, CoverageTracker):
             raise TypeError(f"can only merge a CoverageTracker; got {type(other).__name__}")
         if self._half_life != other._half_life:

@@ -65,13 +65,6 @@ def check_real(
     return v
 
 
-def check_int(name: str, value: object, minimum: int) -> int:
-    """An int (not bool) at least ``minimum``, else ``ConfigError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return value
-
-
 def bad_p(p: object) -> InvalidInputError:
     return InvalidInputError("score_range", f"p must be a finite number in [0, 1]; got {p!r}")
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from worker.core.checks import check_int
 from worker.core.drift._cusum import (
     DEFAULT_ARL0,
     DEFAULT_MARGIN,
@@ -22,13 +23,13 @@ from worker.core.drift._cusum import (
     bad_p,
     bad_y,
     bernoulli_kl,
-    check_int,
     check_real,
     check_version,
     lorden_threshold,
     siegmund_threshold,
 )
 from worker.core.errors import ConfigError
+from worker.core.mathfn import sigmoid, sigmoid_array
 
 _log = math.log
 _KL_GRID = np.linspace(-LOGIT_MAX, LOGIT_MAX, 20001)
@@ -39,12 +40,7 @@ _MODES = ("expected", "warmup")
 def _shift_kl(shift: float) -> float:
     # Largest per-event KL of Bernoulli(p) from Bernoulli(sigmoid(logit p + shift)) over p.
     z = _KL_GRID
-    p = 1.0 / (1.0 + np.exp(-z))
-    return float(bernoulli_kl(p, 1.0 / (1.0 + np.exp(-(z + shift)))).max())
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
+    return float(bernoulli_kl(sigmoid_array(z), sigmoid_array(z + shift)).max())
 
 
 def _logit(p: float) -> float:
@@ -170,8 +166,8 @@ class BaseRateShift(CusumReadout):
         se = math.sqrt(r * (1.0 - r) / n)
         hi = min(P_MAX, r + self._ref_z * se)
         lo = max(P_MIN, r - self._ref_z * se)
-        up = _sigmoid(_logit(hi) + self._shift)
-        down = _sigmoid(_logit(lo) - self._shift)
+        up = sigmoid(_logit(hi) + self._shift)
+        down = sigmoid(_logit(lo) - self._shift)
         self._inc = (
             (_log((1.0 - up) / (1.0 - hi)), _log((1.0 - down) / (1.0 - lo))),
             (_log(up / hi), _log(down / lo)),

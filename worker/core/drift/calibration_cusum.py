@@ -29,6 +29,7 @@ from worker.core.drift._cusum import (
     siegmund_threshold,
 )
 from worker.core.errors import ConfigError
+from worker.core.mathfn import sigmoid_array
 
 _log = math.log
 
@@ -42,9 +43,8 @@ _KL_GRID = np.linspace(-LOGIT_MAX, LOGIT_MAX, 20001)
 def _alternative_kl(kind: str, value: float) -> float:
     # Cached: detectors are built per segment, and the grid costs a millisecond.
     z = _KL_GRID
-    p = 1.0 / (1.0 + np.exp(-z))
-    q = 1.0 / (1.0 + np.exp(-(z / value if kind == "t" else z + value)))
-    return float(bernoulli_kl(p, q).max())
+    q = sigmoid_array(z / value if kind == "t" else z + value)
+    return float(bernoulli_kl(sigmoid_array(z), q).max())
 
 
 class CalibrationCusum(CusumReadout):

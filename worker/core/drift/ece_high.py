@@ -6,7 +6,8 @@ import math
 from statistics import NormalDist
 from typing import Any
 
-from worker.core.drift._cusum import check_int, check_real
+from worker.core.checks import check_int
+from worker.core.drift._cusum import check_real
 from worker.core.errors import InvalidInputError
 
 _NORMAL = NormalDist()

@@ -7,7 +7,8 @@ from typing import Any
 
 from scipy.special import pdtr
 
-from worker.core.drift._cusum import check_int, check_real, check_version
+from worker.core.checks import check_int
+from worker.core.drift._cusum import check_real, check_version
 from worker.core.errors import ConfigError, InvalidInputError
 
 
@@ -155,27 +156,37 @@ class FeedbackStall:
             return 1.0
         return float(min(1.0, pdtr(clk, exp)))
 
-    def merge(self, other: FeedbackStall) -> None:
-        """Add ``other``'s counts (same configuration): as if one detector saw both."""
+    def merge(self, other: FeedbackStall) -> FeedbackStall:
+        """A new detector as if one had seen both streams; ``self`` and ``other`` are unchanged.
+
+        Same configuration required (``ConfigError`` otherwise).
+        """
+        if not isinstance(other, FeedbackStall):
+            raise TypeError(f"can only merge FeedbackStall; got {type(other).__name__}")
         if other.config() != self.config():
             raise ConfigError("cannot merge FeedbackStall detectors with different configs")
+        out = FeedbackStall(**self.config())
+        out._max_bucket = self._max_bucket
+        # Fresh lists: the buckets are mutable and must not be shared with either operand.
+        out._buckets = {b: list(v) for b, v in self._buckets.items()}
         for b, (i, e, c) in other._buckets.items():
-            mine = self._buckets.get(b)
+            mine = out._buckets.get(b)
             if mine is None:
-                self._buckets[b] = [i, e, c]
+                out._buckets[b] = [i, e, c]
             else:
                 mine[0] += i
                 mine[1] += e
                 mine[2] += c
         if other._max_bucket is not None:
-            self._max_bucket = (
+            out._max_bucket = (
                 other._max_bucket
-                if self._max_bucket is None
-                else max(self._max_bucket, other._max_bucket)
+                if out._max_bucket is None
+                else max(out._max_bucket, other._max_bucket)
             )
-            oldest = self._max_bucket - self._n_buckets
-            for old in [b for b in self._buckets if b <= oldest]:
-                del self._buckets[old]
+            oldest = out._max_bucket - out._n_buckets
+            for old in [b for b in out._buckets if b <= oldest]:
+                del out._buckets[old]
+        return out
 
     def config(self) -> dict[str, Any]:
         """The hyper-parameters, as accepted by the constructor."""

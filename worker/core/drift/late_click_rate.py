@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from worker.core.checks import check_int
 from worker.core.drift._cusum import (
     DEFAULT_ARL0,
     DEFAULT_MARGIN,
     CusumBank,
     CusumReadout,
-    check_int,
     check_real,
     check_version,
     lorden_threshold,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -265,13 +266,21 @@ class OnlineCalibration:
         self._count += int(pa.size)
 
     def merge(self, other: OnlineCalibration) -> OnlineCalibration:
-        """Add ``other``'s events into this accumulator (in place); returns ``self``."""
+        """A new accumulator holding the events of both; ``self`` and ``other`` are unchanged."""
+        if not isinstance(other, OnlineCalibration):
+            raise TypeError(f"can only merge OnlineCalibration; got {type(other).__name__}")
         if other._n_bins != self._n_bins or other._half_life != self._half_life:
             raise ConfigError(
                 "cannot merge OnlineCalibration with different hyper-parameters: "
                 f"n_bins {self._n_bins} vs {other._n_bins}, "
                 f"half_life_ms {self._half_life} vs {other._half_life}"
             )
+        out = copy.deepcopy(self)
+        out._absorb(other)
+        return out
+
+    def _absorb(self, other: OnlineCalibration) -> None:
+        # In place, on the fresh copy ``merge`` made (same hyper-parameters, checked there).
         mine_f = theirs_f = 1.0
         if self._half_life is not None and other._anchor is not None:
             if self._anchor is None:
@@ -300,7 +309,6 @@ class OnlineCalibration:
         self._count += other._count
         if other._max_ts is not None and (self._max_ts is None or other._max_ts > self._max_ts):
             self._max_ts = other._max_ts
-        return self
 
     # ------------------------------------------------------------------ results
 

@@ -8,30 +8,15 @@ DESIGN §3 formulas, and are checked against ``calibrator_from_dict(msg).apply``
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from worker.core.calibrators import calibrator_from_dict
-
-# DESIGN §3: z = logit(clip(score, 1e-6, 1 - 1e-6)); the clamp of a given logit is the same.
-Z_MAX = math.log((1.0 - 1e-6) / 1e-6)
+from worker.core.mathfn import sigmoid
 
 # (score, clamped logit) -> calibrated probability
 ServeFn = Callable[[float, float], float]
-
-
-def _sigmoid(x: float) -> float:
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-def clamp_logit(z: float) -> float:
-    """The model logit as the calibrators see it (clipped like a score at 1e-6)."""
-    return Z_MAX if z > Z_MAX else (-Z_MAX if z < -Z_MAX else z)
 
 
 def _identity(score: float, z: float) -> float:
@@ -71,11 +56,11 @@ def serve_fn(msg: Mapping[str, Any] | None) -> ServeFn:
         return _identity
     if cal.method == "temperature":
         inv_t = 1.0 / float(params["temperature"])
-        return lambda score, z: _sigmoid(z * inv_t)
+        return lambda score, z: sigmoid(z * inv_t)
     if cal.method == "platt":
         a = float(params["a"])
         b = float(params["b"])
-        return lambda score, z: _sigmoid(a * z + b)
+        return lambda score, z: sigmoid(a * z + b)
     return _isotonic([float(v) for v in params["x"]], [float(v) for v in params["y"]])
 
 

@@ -13,10 +13,10 @@ from worker.core.calibrators import calibrator_from_dict
 from worker.core.conformal import fit_qhat
 from worker.core.drift import EceHigh, FeedbackStall, LateClickRate
 from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.mathfn import clamp_logit
 from worker.core.metrics import CalibrationReport
 from worker.core.pipeline._model import GLOBAL, SEGMENT_PREFIX, ModelState
 from worker.core.pipeline._scope import ScopeState
-from worker.core.pipeline._served import clamp_logit
 from worker.core.pipeline.monitor_config import MonitorConfig
 from worker.core.pipeline.outputs import Outputs
 from worker.core.policy import RecalibrationPolicy

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from worker.core.alerts import KINDS, SEVERITIES, AlertLifecycle
+from worker.core.checks import check_int
 from worker.core.drift import (
     BaseRateShift,
     CalibrationCusum,
@@ -46,12 +47,6 @@ def _kwargs(name: str, value: object) -> dict[str, Any]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise ConfigError(f"{name} must be a mapping of keyword arguments; got {value!r}")
     return dict(value)
-
-
-def _int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return value
 
 
 def _half_life(name: str, value: object) -> float | None:
@@ -133,11 +128,11 @@ class MonitorConfig:
     )
 
     def __post_init__(self) -> None:
-        _int("check_every", self.check_every, 1)
-        _int("quiet_events", self.quiet_events, 1)
-        _int("max_segments", self.max_segments, 0)
-        _int("conformal_buffer", self.conformal_buffer, 1)
-        _int("conformal_min_n", self.conformal_min_n, 1)
+        check_int("check_every", self.check_every, 1)
+        check_int("quiet_events", self.quiet_events, 1)
+        check_int("max_segments", self.max_segments, 0)
+        check_int("conformal_buffer", self.conformal_buffer, 1)
+        check_int("conformal_min_n", self.conformal_min_n, 1)
         if not isinstance(self.segment_scopes, bool):
             raise ConfigError(f"segment_scopes must be a bool; got {self.segment_scopes!r}")
         for name, cls in COMPONENTS:

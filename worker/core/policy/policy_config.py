@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from worker.core.checks import check_int, check_positive
 from worker.core.errors import ConfigError
 
 _METHODS = ("temperature", "platt", "isotonic")
@@ -136,7 +137,7 @@ class PolicyConfig:
             "user_min_n_eval",
             "max_users",
         ):
-            _int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         for name in (
             "min_positives",
             "min_negatives",
@@ -145,14 +146,14 @@ class PolicyConfig:
             "gate_min_negatives",
             "drift_pending_refits",
         ):
-            _int(name, getattr(self, name), 0)
+            check_int(name, getattr(self, name), 0)
         hf = self.holdout_fraction
         if not (_number(hf) and 0.0 < hf < 1.0):
             raise ConfigError(f"holdout_fraction must be a number in (0, 1); got {hf!r}")
         if not isinstance(self.holdout_salt, str):
             raise ConfigError(f"holdout_salt must be a string; got {self.holdout_salt!r}")
         if self.half_life_ms is not None:
-            _positive("half_life_ms", self.half_life_ms)
+            check_positive("half_life_ms", self.half_life_ms)
         if self.train_buffer < self.recent_window:
             raise ConfigError(
                 f"train_buffer ({self.train_buffer}) must be >= recent_window "
@@ -160,7 +161,7 @@ class PolicyConfig:
             )
         for name in ("z", "user_z", "segment_prior_strength", "user_prior_strength",
                      "user_ttl_ms"):
-            _positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         for name in ("change_alpha", "drift_alpha"):
             value = getattr(self, name)
             if not (_number(value) and 0.0 < value < 1.0):
@@ -216,13 +217,3 @@ def _number(value: object) -> bool:
         and not isinstance(value, bool)
         and math.isfinite(float(value))
     )
-
-
-def _int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
-
-
-def _positive(name: str, value: object) -> None:
-    if not (_number(value) and float(value) > 0.0):  # type: ignore[arg-type]
-        raise ConfigError(f"{name} must be a finite number > 0; got {value!r}")

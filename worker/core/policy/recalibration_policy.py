@@ -23,6 +23,7 @@ from worker.core.calibrators import (
     calibrator_from_dict,
 )
 from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.mathfn import clamp_logit
 from worker.core.policy._affine import affine_of, compose, residual_of
 from worker.core.policy._scope_state import ScopeState
 from worker.core.policy._selection import (
@@ -46,9 +47,6 @@ GLOBAL = "global"
 SEGMENT_PREFIX = "segment:"
 USER_PREFIX = "user:"
 REASONS = ("bootstrap", "scheduled", "drift")
-# DESIGN §3: z = logit(clip(score, 1e-6, 1 - 1e-6)); serving computes exactly this from the
-# score, so the policy fits and scores on the same clipped logit.
-_Z_MAX = math.log(1e6 - 1.0)
 _IDENTITY = IdentityCalibrator()
 _PARAMETRIC = ("identity", "temperature", "platt")
 # Change-point search: grid points over the kept events, then points within one grid step
@@ -350,7 +348,7 @@ class RecalibrationPolicy:
     def _ingest(self, model: _Model, fb: Feedback, created_at: str) -> list[dict[str, Any]]:
         imp = fb.impression
         cfg = self._cfg
-        z = min(max(float(imp.logit), -_Z_MAX), _Z_MAX)
+        z = clamp_logit(float(imp.logit))
         y = int(fb.label)
         ts = int(imp.ts)
         seq = model.seq

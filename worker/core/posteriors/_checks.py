@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Integral
 
+from worker.core.checks import MAX_TS, is_real, timestamp
 from worker.core.errors import ConfigError, InvalidInputError
 
-MAX_TS = 9_007_199_254_740_991  # largest integer a JSON number carries exactly
-
-
-def is_real(value: object) -> bool:
-    # Exact-type fast paths first: the ABC checks below cost ~1 µs each on the hot path.
-    if type(value) is float:
-        return math.isfinite(value)
-    if type(value) is int:
-        return True
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+# MAX_TS, is_real and timestamp are the core's (worker.core.checks); re-exported for _checks.X.
+__all__ = [
+    "MAX_TS", "config_half_life", "config_positive", "config_unit_open", "identifier",
+    "is_real", "label", "timestamp", "weight",
+]
 
 
 def config_positive(name: str, value: object) -> float:
@@ -55,16 +51,6 @@ def weight(value: object) -> float:
     if not is_real(value) or float(value) <= 0:  # type: ignore[arg-type]
         raise InvalidInputError("schema", f"weight must be a finite number > 0; got {value!r}")
     return float(value)  # type: ignore[arg-type]
-
-
-def timestamp(name: str, value: object) -> int:
-    if type(value) is int and 0 <= value <= MAX_TS:
-        return value
-    if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= int(value) <= MAX_TS:
-        raise InvalidInputError(
-            "schema", f"{name} must be an integer epoch-ms timestamp >= 0; got {value!r}"
-        )
-    return int(value)
 
 
 def identifier(name: str, value: object) -> str:

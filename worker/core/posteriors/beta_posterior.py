@@ -224,7 +224,7 @@ class BetaPosterior:
         return out
 
     def merge(self, other: BetaPosterior) -> BetaPosterior:
-        """Evidence of both (same prior and half-life), as a new posterior.
+        """Evidence of both (same prior and half-life), as a new posterior; neither changes.
 
         Without discounting the counts add; with it both are read at the later ``last_ts``
         and add, which equals one posterior fed both streams. Commutative and associative

@@ -107,12 +107,15 @@ def test_merge_equals_sequential(events, assignment, half_life) -> None:
     for i, (p, y, q, t) in enumerate(events):
         parts[assignment[i] if i < len(assignment) else 0].update(p, y, q, ts=t)
     a, b, c = parts
+    before = [part.to_dict() for part in parts]
     ref = reference(events, half_life)
     for merged in (a.merge(b).merge(c), a.merge(b.merge(c)), c.merge(b).merge(a)):
         check(merged, ref)
         assert merged.n == len(events)
     ab, ba = a.merge(b).to_dict(), b.merge(a).to_dict()
     assert ab == ba
+    # merge returns a new tracker and never mutates an operand.
+    assert [part.to_dict() for part in parts] == before
 
 
 @SETTINGS

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.core.drift import FeedbackStall
 from worker.core.errors import ConfigError, InvalidInputError
@@ -108,18 +110,55 @@ def test_merge_equals_one_detector_and_is_commutative() -> None:
                 det.observe_clicks(n, ts)
             else:
                 det.observe_impressions(n, n / 25, ts)
-    left = FeedbackStall.from_dict(parts[0].to_dict())
-    left.merge(parts[1])
-    left.merge(parts[2])
-    right = FeedbackStall.from_dict(parts[2].to_dict())
-    right.merge(parts[1])
-    right.merge(parts[0])
+    left = parts[0].merge(parts[1]).merge(parts[2])
+    right = parts[2].merge(parts[1]).merge(parts[0])
     for ts in (599_999, 550_000):
         w_single, w_left, w_right = single.window(ts), left.window(ts), right.window(ts)
         assert w_left[0] == w_right[0] == w_single[0] and w_left[2] == w_single[2]
         assert w_left[1] == pytest.approx(w_single[1]) == pytest.approx(w_right[1])
     with pytest.raises(ConfigError):
         left.merge(FeedbackStall())
+    with pytest.raises(TypeError):
+        left.merge({"v": 1})  # type: ignore[arg-type]
+
+
+# (is_click, count, ts): event times span several windows, so merges must drop old buckets.
+_stall_events = st.lists(
+    st.tuples(st.booleans(), st.integers(0, 50), st.integers(0, 400_000)), max_size=60
+)
+
+
+def _observe(det: FeedbackStall, is_click: bool, n: int, ts: int) -> None:
+    if is_click:
+        det.observe_clicks(n, ts)
+    else:
+        # Expected clicks as a dyadic fraction, so sums are exact in any order.
+        det.observe_impressions(n, n / 32, ts)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_stall_events, st.lists(st.integers(0, 2), max_size=60))
+def test_merge_laws(events, assignment) -> None:
+    """New object, operands unchanged, commutative, associative, merge = sequential."""
+    config = {"window_ms": 120_000, "bucket_ms": 10_000}
+    parts = [FeedbackStall(**config) for _ in range(3)]
+    whole = FeedbackStall(**config)
+    # Each part sees its events in time order (a partition's clock); the whole sees them all.
+    for i, event in enumerate(sorted(events, key=lambda e: e[2])):
+        _observe(parts[assignment[i] if i < len(assignment) else 0], *event)
+        _observe(whole, *event)
+    a, b, c = parts
+    before = [p.to_dict() for p in parts]
+    left, right = a.merge(b).merge(c), a.merge(b.merge(c))
+    assert a.merge(b).to_dict() == b.merge(a).to_dict()
+    assert left.to_dict() == right.to_dict() == c.merge(a).merge(b).to_dict()
+    assert [p.to_dict() for p in parts] == before
+    assert left is not a
+    # One detector fed everything holds the same live buckets, so every window agrees.
+    top = max((t for _, _, t in events), default=0)
+    for ts in (top, top - 30_000, top + 60_000):
+        assert left.window(ts) == whole.window(ts)
+        assert left.check(ts) == whole.check(ts)
 
 
 def test_round_trip() -> None:

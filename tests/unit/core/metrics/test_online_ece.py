@@ -59,10 +59,6 @@ def _events(n: int, seed: int):
     return p, y, ts
 
 
-def _copy(oc: OnlineCalibration) -> OnlineCalibration:
-    return OnlineCalibration.from_dict(oc.to_dict())
-
-
 # ------------------------------------------------------------------ agreement with batch
 
 
@@ -154,15 +150,19 @@ def test_merge_equals_sequential(evts, parts, hl) -> None:
     parts = (parts + [0] * len(evts))[: len(evts)]
     split = [[e for e, k in zip(evts, parts, strict=True) if k == j] for j in range(3)]
     a, b, c = (_fill(s, hl) for s in split)
+    before = [oc.to_dict() for oc in (a, b, c)]
     seq = _fill(evts, hl)
-    merged = _copy(a).merge(_copy(b)).merge(_copy(c))
+    merged = a.merge(b).merge(c)
     assert merged.count == seq.count
     assert merged.max_ts == seq.max_ts
     assert_reports_close(merged.report(), seq.report(), rel=1e-7)
     # Associative (up to rounding) and commutative (exactly).
-    right = _copy(a).merge(_copy(b).merge(_copy(c)))
+    right = a.merge(b.merge(c))
     assert_reports_close(right.report(), merged.report(), rel=1e-7)
-    assert _copy(a).merge(b).to_dict() == _copy(b).merge(a).to_dict()
+    assert a.merge(b).to_dict() == b.merge(a).to_dict()
+    # merge returns a new accumulator and never mutates an operand.
+    assert [oc.to_dict() for oc in (a, b, c)] == before
+    assert merged is not a and right is not a
 
 
 def test_merge_with_empty_is_identity() -> None:
@@ -172,6 +172,7 @@ def test_merge_with_empty_is_identity() -> None:
     before = full.to_dict()
     assert full.merge(OnlineCalibration(half_life_ms=10_000)).to_dict() == before
     assert OnlineCalibration(half_life_ms=10_000).merge(full).to_dict() == before
+    assert full.to_dict() == before
 
 
 def test_merge_rejects_different_hyper_parameters() -> None:
@@ -179,6 +180,8 @@ def test_merge_rejects_different_hyper_parameters() -> None:
         OnlineCalibration().merge(OnlineCalibration(n_bins=10))
     with pytest.raises(ConfigError):
         OnlineCalibration().merge(OnlineCalibration(half_life_ms=1000))
+    with pytest.raises(TypeError):
+        OnlineCalibration().merge({"v": 1})  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ decay

@@ -29,6 +29,7 @@ from tests.unit.core.pipeline.streams import (
 from worker.core.calibrators import calibrator_from_dict
 from worker.core.errors import ConfigError, InvalidInputError
 from worker.core.join.attribution_join import AttributionJoin
+from worker.core.mathfn import clamp_logit
 from worker.core.metrics import calibration_metrics
 from worker.core.pipeline import FeedbackMonitor, MonitorConfig, Outputs
 from worker.core.records.click import Click
@@ -433,7 +434,7 @@ def test_fast_served_map_equals_the_calibrator(msg: dict[str, Any] | None) -> No
     scores = np.concatenate([[0.0, 1e-9, 1e-6, 0.1, 0.4, 0.4000001, 0.5, 0.999999, 1.0],
                              np.random.default_rng(0).random(500)])
     for s in scores:
-        z = served_module.clamp_logit(math.log(max(s, 1e-300) / max(1.0 - s, 1e-300)))
+        z = clamp_logit(math.log(max(s, 1e-300) / max(1.0 - s, 1e-300)))
         assert fn(float(s), z) == pytest.approx(float(cal.apply(float(s))), abs=1e-12)
 
 
