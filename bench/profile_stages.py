@@ -30,6 +30,7 @@ RULES: list[tuple[str, str, str | None]] = [
     ("join", "core/join/", None),
     ("policy", "core/policy/", None),
     ("posteriors", "core/posteriors/", None),
+    ("score shift", "core/drift/score_shift.py", None),
     ("score shift", "core/pipeline/", "on_impression"),
     ("score shift", "core/pipeline/", "_shift"),
     ("score shift", "core/pipeline/", "_score_shift"),
@@ -41,6 +42,8 @@ RULES: list[tuple[str, str, str | None]] = [
     ("encode/write", "worker/replay.py", "write"),
     ("encode/write", "core/records/", "to_dict"),
     ("encode/write", "worker/replay.py", "_write_outputs"),
+    ("pipeline loop", "core/pipeline/pipeline.py", None),
+    ("pipeline loop", "core/pipeline/outputs.py", None),
     ("monitor other", "core/pipeline/", None),
     ("replay loop", "worker/replay.py", None),
 ]

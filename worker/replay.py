@@ -6,7 +6,7 @@ impression matures. Outputs are JSONL files in an output directory; they are det
 for a given input file and settings (dead letters carry the event-time clock, not the wall
 clock, in `received_at` for that reason).
 
-Every join output also goes through the `FeedbackMonitor` (DESIGN §5–§7): the recalibration
+Every join output also goes through the `FeedbackStage` (DESIGN §5–§7): the recalibration
 policy's calibrator versions go to `calibrators.jsonl`, drift alerts (firing and resolved) to
 `alerts.jsonl`, tier changes and the final snapshot of every (user, arm) posterior to
 `posteriors.jsonl` (tier changes carry `"type": "tier_change"`), all in emission order. Their

@@ -31,7 +31,7 @@ class ModelState:
     others, so testing it there would raise alarms about nothing anyone sees).
 
     ``pending`` holds positives until a negative of an impression at least as recent has
-    arrived (see ``FeedbackMonitor.on_feedback``); ``pending_seq`` numbers them.
+    arrived (see ``FeedbackStage.on_feedback``); ``pending_seq`` numbers them.
 
     ``matured`` counts impressions (with their served probability) when their label
     matures and clicks (positive labels) at their event time; ``arrivals`` counts impressions

@@ -1,4 +1,4 @@
-"""The hyper-parameters of ``FeedbackMonitor``, validated once at construction."""
+"""The hyper-parameters of ``FeedbackStage``, validated once at construction."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def _half_life(name: str, value: object) -> float | None:
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """Every knob of ``FeedbackMonitor``; invalid values raise ``ConfigError`` at once.
+    """Every knob of ``FeedbackStage``; invalid values raise ``ConfigError`` at once.
 
     Cadence:
 

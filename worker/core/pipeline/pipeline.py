@@ -9,8 +9,8 @@ from typing import Any
 from worker.core.errors import ConfigError, InvalidInputError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.join.join_step import JoinStep
+from worker.core.pipeline.feedback_stage import FeedbackStage
 from worker.core.pipeline.input_batch import CLICK, IMPRESSION, InputBatch
-from worker.core.pipeline.monitor import FeedbackMonitor
 from worker.core.pipeline.monitor_config import MonitorConfig
 from worker.core.pipeline.outputs import Outputs, Rejection
 from worker.core.policy import PolicyConfig, RecalibrationPolicy
@@ -92,7 +92,7 @@ class Pipeline:
             allowed_lateness_ms=config.allowed_lateness_ms,
             idle_timeout_ms=config.idle_timeout_ms,
         )
-        self._monitor = FeedbackMonitor(config.monitor, RecalibrationPolicy(config.policy))
+        self._monitor = FeedbackStage(config.monitor, RecalibrationPolicy(config.policy))
         self._max_ts = _NEG_INF
         self._clock_ts = float("nan")
         self._clock_text = ""
@@ -111,7 +111,7 @@ class Pipeline:
         return self._join
 
     @property
-    def monitor(self) -> FeedbackMonitor:
+    def monitor(self) -> FeedbackStage:
         """Everything after the join (read it; feed the pipeline, not the monitor)."""
         return self._monitor
 
@@ -259,7 +259,7 @@ class Pipeline:
         """A pipeline continuing exactly where the one that took ``state`` stood."""
         if state.get("v") != 1:
             raise ConfigError(f"unsupported pipeline state version {state.get('v')!r}; want 1")
-        monitor = FeedbackMonitor.from_dict(state["monitor"])
+        monitor = FeedbackStage.from_dict(state["monitor"])
         cfg = PipelineConfig(
             monitor=monitor.config, policy=monitor.policy.config, **state["config"]
         )

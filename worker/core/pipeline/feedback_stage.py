@@ -1,4 +1,4 @@
-"""Per-model monitoring after the join: drift alerts, recalibration, conformal, posteriors."""
+"""The pipeline's stage after the join: recalibration, drift alerts, conformal, posteriors."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ from worker.core.records.impression import Impression
 _REFIT_KINDS = ("calibration_drift", "base_rate_shift")
 
 
-class FeedbackMonitor:
-    """Everything downstream of the join for one partition: policy, detectors, alerts.
+class FeedbackStage:
+    """Everything downstream of the join for one partition (``Pipeline`` drives it): the
+    recalibration policy, the drift detectors and their alerts, conformal, posteriors.
 
     **Inputs** (event time from the records; ``created_at`` is the caller's clock, the core
     reads none):
@@ -112,7 +113,7 @@ class FeedbackMonitor:
 
     >>> from worker.core.records.impression import Impression
     >>> from worker.core.records.feedback import Feedback
-    >>> mon = FeedbackMonitor(MonitorConfig(check_every=100))
+    >>> mon = FeedbackStage(MonitorConfig(check_every=100))
     >>> rng = np.random.default_rng(0)
     >>> at = "2026-01-01T00:00:00Z"
     >>> alerts, versions = [], []
@@ -135,7 +136,7 @@ class FeedbackMonitor:
     [0.89]
     >>> len(mon.finish(None, at).posteriors)     # 50 users x 1 arm, and the arm itself
     51
-    >>> FeedbackMonitor.from_dict(mon.to_dict()).to_dict() == mon.to_dict()
+    >>> FeedbackStage.from_dict(mon.to_dict()).to_dict() == mon.to_dict()
     True
     """
 
@@ -685,7 +686,7 @@ class FeedbackMonitor:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeedbackMonitor:
+    def from_dict(cls, data: dict[str, Any]) -> FeedbackStage:
         """Inverse of ``to_dict``; malformed state raises ``InvalidInputError("schema")``."""
         try:
             if data.get("v") != 1:
@@ -710,7 +711,7 @@ class FeedbackMonitor:
 
     def __repr__(self) -> str:
         return (
-            f"FeedbackMonitor(models={self.models()}, firing={len(self._alerts.firing())}, "
+            f"FeedbackStage(models={self.models()}, firing={len(self._alerts.firing())}, "
             f"users={self._store.n_users})"
         )
 

@@ -1,4 +1,4 @@
-"""FeedbackMonitor on synthetic streams: false alarms, detection, refit, stall, late clicks,
+"""FeedbackStage on synthetic streams: false alarms, detection, refit, stall, late clicks,
 posteriors, schemas, references and state round trips."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import worker.core.pipeline._served as served_module
-import worker.core.pipeline.monitor as monitor_module
+import worker.core.pipeline.feedback_stage as monitor_module
 import worker.core.pipeline.monitor_config as config_module
 import worker.core.pipeline.outputs as outputs_module
 from tests.unit.core.codec.schema_support import validator
@@ -31,7 +31,7 @@ from worker.core.errors import ConfigError, InvalidInputError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.mathfn import clamp_logit
 from worker.core.metrics import calibration_metrics
-from worker.core.pipeline import FeedbackMonitor, MonitorConfig, Outputs
+from worker.core.pipeline import FeedbackStage, MonitorConfig, Outputs
 from worker.core.records.click import Click
 from worker.core.records.feedback import Feedback
 from worker.core.records.impression import Impression
@@ -42,7 +42,7 @@ DRIFT_KINDS = ("calibration_drift", "base_rate_shift", "ece_high", "score_shift"
 class Run:
     """Outputs of a monitor over a ``Stream``, each tagged with its event index."""
 
-    def __init__(self, monitor: FeedbackMonitor, stream: Stream, start: int = 0,
+    def __init__(self, monitor: FeedbackStage, stream: Stream, start: int = 0,
                  stop: int | None = None) -> None:
         self.alerts: list[tuple[int, dict[str, Any]]] = []
         self.versions: list[tuple[int, dict[str, Any]]] = []
@@ -77,20 +77,20 @@ def _validate(name: str, records: list[dict[str, Any]]) -> None:
 @pytest.fixture(scope="module")
 def stationary() -> Run:
     """(a) ~200k calibrated, stationary feedback events, two segments, three arms."""
-    return Run(FeedbackMonitor(), make_stream(200_000, 11))
+    return Run(FeedbackStage(), make_stream(200_000, 11))
 
 
 @pytest.fixture(scope="module")
 def drift() -> Run:
     """(b) served logits turn 1.6x over-confident at event 50,000."""
-    return Run(FeedbackMonitor(), make_stream(70_000, 12, change_at=50_000))
+    return Run(FeedbackStage(), make_stream(70_000, 12, change_at=50_000))
 
 
 @pytest.fixture(scope="module")
-def stall() -> tuple[FeedbackMonitor, Outputs]:
+def stall() -> tuple[FeedbackStage, Outputs]:
     """(c) 5 h through the real join; clicks lost from 2 h to 3 h; then 60 min of idle
     partition (traffic stops, the watermark follows the wall clock)."""
-    mon = FeedbackMonitor()
+    mon = FeedbackStage()
     events = joined_events(13, hours=5, rate_per_s=0.5, click_gaps=[(2.0, 3.0)])
     return mon, drive(mon, AttributionJoin(), events, idle_minutes=60)
 
@@ -165,7 +165,7 @@ def test_no_alert_before_the_change(drift: Run) -> None:
 
 
 def test_missing_clicks_fire_feedback_stall_once(
-    stall: tuple[FeedbackMonitor, Outputs],
+    stall: tuple[FeedbackStage, Outputs],
 ) -> None:
     _, out = stall
     events = [a for a in out.alerts if a["kind"] == "feedback_stall"]
@@ -182,7 +182,7 @@ def test_missing_clicks_fire_feedback_stall_once(
 
 
 def test_no_stall_at_start_or_when_traffic_stops(
-    stall: tuple[FeedbackMonitor, Outputs],
+    stall: tuple[FeedbackStage, Outputs],
 ) -> None:
     # The last hour is an idle partition: the last impressions mature without clicks
     # after them. Only the real stall fired (checked above); nothing at the start.
@@ -191,7 +191,7 @@ def test_no_stall_at_start_or_when_traffic_stops(
 
 
 def test_no_drift_refit_while_the_pipeline_is_stalled(
-    stall: tuple[FeedbackMonitor, Outputs],
+    stall: tuple[FeedbackStage, Outputs],
 ) -> None:
     _, out = stall
     events = [a for a in out.alerts if a["kind"] == "feedback_stall"]
@@ -202,7 +202,7 @@ def test_no_drift_refit_while_the_pipeline_is_stalled(
 
 def test_stall_needs_zero_clicks_on_enough_expected() -> None:
     # The same traffic without a gap: never a stall.
-    mon = FeedbackMonitor()
+    mon = FeedbackStage()
     out = drive(mon, AttributionJoin(), joined_events(14, hours=1.5, rate_per_s=0.5))
     assert not [a for a in out.alerts if a["kind"] == "feedback_stall"]
 
@@ -218,7 +218,7 @@ def _positive(i: int, ts: int) -> Feedback:
 
 @pytest.mark.parametrize(("every", "fires"), [(8, True), (200, False)])
 def test_late_clicks_high(every: int, fires: bool) -> None:
-    mon = FeedbackMonitor(MonitorConfig(check_every=100))
+    mon = FeedbackStage(MonitorConfig(check_every=100))
     alerts = []
     for i in range(4_000):
         ts = START_MS + 1_000 * i
@@ -237,7 +237,7 @@ def test_late_clicks_high(every: int, fires: bool) -> None:
 
 
 def test_late_clicks_resolve_when_the_share_drops() -> None:
-    mon = FeedbackMonitor(MonitorConfig(check_every=100, quiet_events=500))
+    mon = FeedbackStage(MonitorConfig(check_every=100, quiet_events=500))
     alerts = []
     for i in range(6_000):
         ts = START_MS + 1_000 * i
@@ -282,7 +282,7 @@ def test_tier_changes_are_emitted_and_match_the_final_tiers(drift: Run) -> None:
 
 
 def test_every_alert_and_version_is_schema_valid(
-    stationary: Run, drift: Run, stall: tuple[FeedbackMonitor, Outputs]
+    stationary: Run, drift: Run, stall: tuple[FeedbackStage, Outputs]
 ) -> None:
     alerts = [a for _, a in drift.alerts] + [a for _, a in stationary.alerts] + stall[1].alerts
     versions = ([v for _, v in drift.versions] + [v for _, v in stationary.versions]
@@ -304,7 +304,7 @@ def test_ece_high_fires_on_a_miscalibrated_model_and_resolves_once_fixed() -> No
     # No refit for 4,000 events: the over-confident model is served as is.
     policy = RecalibrationPolicy(PolicyConfig(recalibrate_every=4_000))
     cfg = MonitorConfig(check_every=250, ece_half_life_ms=120_000.0)
-    run = Run(FeedbackMonitor(cfg, policy),
+    run = Run(FeedbackStage(cfg, policy),
               make_stream(8_000, 23, temperature=2.0, segments=(("web", 1.0, 0.0),)))
     ece = [(i, a) for i, a in run.alerts if a["kind"] == "ece_high"]
     assert [(a["scope"], a["status"]) for _, a in ece] == [
@@ -327,7 +327,7 @@ def test_served_probability_coverage_and_ece_match_a_batch_reference() -> None:
     impression cohorts, the newest segment version else the global's), with the real
     ``Calibrator``; coverage and ECE of a segment scope must equal numpy on those."""
     cfg = MonitorConfig(ece_half_life_ms=None, coverage_half_life_ms=None, check_every=500)
-    mon = FeedbackMonitor(cfg)
+    mon = FeedbackStage(cfg)
     stream = make_stream(10_000, 21, temperature=1.3)
     versions: dict[str, dict[str, Any]] = {}
     pending: list[tuple[int, int, Feedback]] = []
@@ -383,7 +383,7 @@ def test_served_probability_coverage_and_ece_match_a_batch_reference() -> None:
 
 
 def test_conformal_qhat_matches_the_split_conformal_quantile() -> None:
-    mon = FeedbackMonitor(MonitorConfig(conformal_buffer=500))
+    mon = FeedbackStage(MonitorConfig(conformal_buffer=500))
     stream = make_stream(8_000, 22, temperature=1.4, segments=(("web", 1.0, 0.0),))
     holdout: list[tuple[float, int, int]] = []
     checked = 0
@@ -448,7 +448,7 @@ def _outputs(out: Outputs) -> dict[str, Any]:
     }))
 
 
-def _step(mon: FeedbackMonitor, imp: Impression, fb: Feedback) -> dict[str, Any]:
+def _step(mon: FeedbackStage, imp: Impression, fb: Feedback) -> dict[str, Any]:
     at = iso(imp.ts)
     out = mon.on_impression(imp, at)
     out.extend(mon.on_feedback(fb, at))
@@ -459,7 +459,7 @@ def _step(mon: FeedbackMonitor, imp: Impression, fb: Feedback) -> dict[str, Any]
     return _outputs(out)
 
 
-def _run_all(mon: FeedbackMonitor, stream: Stream, start: int, stop: int) -> list[Any]:
+def _run_all(mon: FeedbackStage, stream: Stream, start: int, stop: int) -> list[Any]:
     return [_step(mon, imp, fb) for imp, fb in stream.records(start, stop)]
 
 
@@ -469,7 +469,7 @@ def test_round_trip_then_continue_gives_the_same_outputs() -> None:
     stream = make_stream(9_000, 31, change_at=4_500)
     # Right after a positive: the state holds a positive waiting for its cohort.
     cuts = (3_002, 4_773)
-    whole = FeedbackMonitor(cfg)
+    whole = FeedbackStage(cfg)
     expected: list[Any] = []
     states = {}
     for i, (imp, fb) in enumerate(stream.records()):
@@ -482,7 +482,7 @@ def test_round_trip_then_continue_gives_the_same_outputs() -> None:
     final = _outputs(whole.finish(None, end))
     for cut in cuts:
         assert states[cut]["models"][0][1]["pending"]
-        resumed = FeedbackMonitor.from_dict(states[cut])
+        resumed = FeedbackStage.from_dict(states[cut])
         assert json.loads(json.dumps(resumed.to_dict())) == states[cut]
         assert _run_all(resumed, stream, cut, len(stream)) == expected[cut:]
         assert _outputs(resumed.finish(None, end)) == final
@@ -492,18 +492,18 @@ def test_round_trip_then_continue_gives_the_same_outputs() -> None:
 def test_same_input_order_same_outputs() -> None:
     stream = make_stream(2_500, 32, temperature=1.5)
     cfg = MonitorConfig(check_every=200)
-    a = _run_all(FeedbackMonitor(cfg), stream, 0, len(stream))
-    b = _run_all(FeedbackMonitor(cfg), stream, 0, len(stream))
+    a = _run_all(FeedbackStage(cfg), stream, 0, len(stream))
+    b = _run_all(FeedbackStage(cfg), stream, 0, len(stream))
     assert a == b
 
 
 def test_malformed_state_is_rejected() -> None:
-    mon = FeedbackMonitor()
+    mon = FeedbackStage()
     state = mon.to_dict()
     with pytest.raises(InvalidInputError):
-        FeedbackMonitor.from_dict({**state, "v": 2})
+        FeedbackStage.from_dict({**state, "v": 2})
     with pytest.raises(InvalidInputError):
-        FeedbackMonitor.from_dict({k: v for k, v in state.items() if k != "models"})
+        FeedbackStage.from_dict({k: v for k, v in state.items() if k != "models"})
 
 
 # ---------------------------------------------------------------------- config & misc
@@ -529,11 +529,11 @@ def test_config_validation_and_round_trip() -> None:
     with pytest.raises(ConfigError):
         MonitorConfig.from_dict({"check_evry": 3})
     with pytest.raises(ConfigError):
-        FeedbackMonitor(config={"check_every": 3})  # type: ignore[arg-type]
+        FeedbackStage(config={"check_every": 3})  # type: ignore[arg-type]
 
 
 def test_bad_inputs_raise_invalid_input() -> None:
-    mon = FeedbackMonitor()
+    mon = FeedbackStage()
     imp = Impression("i", "u", "it", START_MS, "m", 0.2, math.log(0.25), "web", None, None)
     with pytest.raises(InvalidInputError):
         mon.on_feedback(Feedback(imp, 1, START_MS, None, None), "")
@@ -544,7 +544,7 @@ def test_bad_inputs_raise_invalid_input() -> None:
 
 
 def test_segment_cap_bounds_the_scopes() -> None:
-    mon = FeedbackMonitor(MonitorConfig(max_segments=2))
+    mon = FeedbackStage(MonitorConfig(max_segments=2))
     for i in range(10):
         imp = Impression(f"i{i}", "u", "it", START_MS + i, "m", 0.2, math.log(0.25),
                          f"s{i}", None, None)
