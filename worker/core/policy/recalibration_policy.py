@@ -918,6 +918,10 @@ class RecalibrationPolicy:
         cfg = self._cfg
         regime = self._regime_of(model, buf.segment)
         buf.drop_before(regime)
+        if len(buf) < self._gate.min_events:
+            # The gate's own first test, before the columns are copied out: most checks
+            # are of users still short of it, and this runs every few dozen events each.
+            return None
         z, y, ts, hold, _ = buf.columns()
         n = int(z.size)
         positives = float(y.sum())
