@@ -69,7 +69,9 @@ def main() -> int:
     print(f"bare orjson.loads loop : {bare_rate:12,.0f} lines/s  ({best_bare:.2f} s)")
     print(f"recal replay           : {replay_rate:12,.0f} lines/s  ({best_replay:.2f} s)")
     print(f"ratio replay / bare    : {replay_rate / bare_rate:12.3f}")
-    print(f"feedback {summary['feedback']:,}  dead letters {summary['dead_letters_total']:,}")
+    print(f"µs per line            : {1e6 / replay_rate:12.1f}  (bare {1e6 / bare_rate:.2f})")
+    print(f"feedback {summary['feedback']:,}  dead letters {summary['dead_letters_total']:,}  "
+          f"calibrators {summary['calibrators_total']:,}  peak RSS {summary['peak_rss_mb']} MB")
     return 0
 
 

@@ -10,8 +10,8 @@ from worker.core.conformal import CoverageTracker
 from worker.core.drift import BaseRateShift, CalibrationCusum, ScoreShift
 from worker.core.errors import InvalidInputError
 from worker.core.metrics import OnlineCalibration
-from worker.core.pipeline._ring import EventRing
 from worker.core.pipeline.monitor_config import MonitorConfig
+from worker.core.sketches.event_ring import EventRing
 
 # Coverage is counted in batches: CoverageTracker.update goes through numpy (tens of
 # microseconds for one event), update_many on a batch costs about the same.
@@ -126,7 +126,7 @@ class ScopeState:
             state.cov_batch = [
                 (float(p), int(y), float(q), int(t)) for p, y, q, t in data["cov_batch"]
             ]
-            state.ring = EventRing.from_dict(data["ring"], config.conformal_buffer)
+            state.ring = EventRing.from_dict(data["ring"])
             served = data["served"]
             state.served = None if served is None else (str(served[0]), int(served[1]))
             state.n_fb = int(data["n_fb"])

@@ -378,10 +378,10 @@ class FeedbackStage:
             self._labelled(model_id, seg_key, seg, p, y, ts, alert_ts, qhat, created_at, out,
                            refit)
             if holdout:
-                seg.ring.append(z, y, imp.ts, code)
+                seg.ring.append(z, y, imp.ts, seg=code)
         g = model.scopes[GLOBAL]
         if holdout:
-            g.ring.append(z, y, imp.ts, code)
+            g.ring.append(z, y, imp.ts, seg=code)
         if seg_key not in model.covered:
             self._labelled(model_id, GLOBAL, g, p, y, ts, alert_ts, model.qhat.get(GLOBAL),
                            created_at, out, refit)
@@ -645,9 +645,9 @@ class FeedbackStage:
         key = msg["scope"]
         own = model.scopes.get(key)
         if own is not None and key != GLOBAL:
-            z, y, ts, _ = own.ring.arrays()
+            z, y, ts, _, _ = own.ring.columns()
         else:
-            z, y, ts, seg = model.scopes[GLOBAL].ring.arrays()
+            z, y, ts, _, seg = model.scopes[GLOBAL].ring.columns()
             if key == GLOBAL:
                 codes = model.served_codes()
                 # Like the policy: a global that serves no segment stays every segment's

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from worker.core.errors import InvalidInputError
-from worker.core.policy._event_ring import EventRing
 from worker.core.policy.policy_config import PolicyConfig
+from worker.core.sketches.event_ring import EventRing
 from worker.core.sketches.logit_histogram import LogitHistogram
 
 

@@ -1,4 +1,5 @@
-"""A bounded FIFO of labeled events (private to the policy)."""
+"""A bounded FIFO of labelled events: the policy's training and holdout windows, the
+feedback stage's conformal buffers."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ class EventRing:
     amortised and every read is one contiguous slice (no wrap-around concatenation).
     ``seq`` is the model's feedback sequence number: arrival order, strictly increasing;
     ``seg`` the event's segment code (the global scope serves only some segments).
+    Without an explicit ``seq`` an append takes the next number after the newest kept.
+
+    >>> ring = EventRing(2)
+    >>> for i in range(3):
+    ...     ring.append(0.1 * i, i % 2, 1_000 * i, seg=i)
+    >>> z, y, ts, seq, seg = ring.columns()
+    >>> ts.tolist(), seq.tolist(), seg.tolist()
+    ([1000, 2000], [1, 2], [1, 2])
     """
 
     __slots__ = ("_cap", "_hi", "_lo", "_seg", "_seq", "_ts", "_y", "_z")
@@ -38,10 +47,12 @@ class EventRing:
     def __len__(self) -> int:
         return self._hi - self._lo
 
-    def append(self, z: float, y: int, ts: int, seq: int, seg: int = 0) -> None:
+    def append(self, z: float, y: int, ts: int, seq: int | None = None, seg: int = 0) -> None:
         if self._hi == self._z.size:
             self._compact()
         i = self._hi
+        if seq is None:
+            seq = int(self._seq[i - 1]) + 1 if i > self._lo else 0
         self._z[i] = z
         self._y[i] = y
         self._ts[i] = ts
@@ -71,6 +82,12 @@ class EventRing:
                     self._seq[sl].copy())
         keep = np.isin(self._seg[sl], segs)
         return self._z[sl][keep], self._y[sl][keep], self._ts[sl][keep], self._seq[sl][keep]
+
+    def columns(self) -> tuple[FloatArray, FloatArray, IntArray, IntArray, IntArray]:
+        """Copies of every kept ``(z, y, ts, seq, seg)``, oldest first."""
+        sl = slice(self._lo, self._hi)
+        return (self._z[sl].copy(), self._y[sl].copy(), self._ts[sl].copy(),
+                self._seq[sl].copy(), self._seg[sl].copy())
 
     def count_since(self, since_seq: int) -> int:
         """How many kept events have ``seq >= since_seq``."""
@@ -114,7 +131,7 @@ class EventRing:
             if n > 1 and (np.diff(seq) <= 0).any():
                 raise ValueError("ring seq must be strictly increasing")
         except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInputError("schema", f"invalid policy ring state: {exc}") from exc
+            raise InvalidInputError("schema", f"invalid event ring state: {exc}") from exc
         ring._z[:n], ring._y[:n], ring._ts[:n], ring._seq[:n], ring._seg[:n] = z, y, ts, seq, seg
         ring._hi = n
         return ring
