@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import heapq
 from typing import Any
 
 from worker.core.drift import FeedbackStall
 from worker.core.errors import InvalidInputError
+from worker.core.join.cohort_gate import CohortGate
 from worker.core.pipeline._scope import ScopeState
 from worker.core.pipeline._served import ServeFn, calibrator_key, serve_fn
 from worker.core.pipeline.monitor_config import MonitorConfig
-from worker.core.records.feedback import Feedback
 
 GLOBAL = "global"
 SEGMENT_PREFIX = "segment:"
@@ -30,8 +29,8 @@ class ModelState:
     scope's detectors (the global calibrator is neither fitted on nor served to the
     others, so testing it there would raise alarms about nothing anyone sees).
 
-    ``pending`` holds positives until a negative of an impression at least as recent has
-    arrived (see ``FeedbackStage.on_feedback``); ``pending_seq`` numbers them.
+    ``gate`` holds positives until their impression cohort is complete (``CohortGate``);
+    what it releases feeds both the detectors and the policy.
 
     ``matured`` counts impressions (with their served probability) when their label
     matures and clicks (positive labels) at their event time; ``arrivals`` counts impressions
@@ -41,11 +40,9 @@ class ModelState:
     __slots__ = (
         "arrivals",
         "covered",
+        "gate",
         "keys",
         "matured",
-        "negative_frontier",
-        "pending",
-        "pending_seq",
         "qhat",
         "scopes",
         "seg_codes",
@@ -63,11 +60,7 @@ class ModelState:
         self.seg_codes: dict[str, int] = {}
         self.matured = FeedbackStall(**config.stall)
         self.arrivals = FeedbackStall(**config.stall)
-        # Positives held back from the calibration statistics until their impression cohort
-        # is complete: a heap of (impression ts, arrival number, feedback).
-        self.pending: list[tuple[int, int, Feedback]] = []
-        self.pending_seq = 0
-        self.negative_frontier = -(2**62)
+        self.gate = CohortGate()
 
     # ------------------------------------------------------------------ lookups
 
@@ -131,10 +124,7 @@ class ModelState:
             "seg_codes": [[k, c] for k, c in self.seg_codes.items()],
             "matured": self.matured.to_dict(),
             "arrivals": self.arrivals.to_dict(),
-            "pending": [[t, a, fb.to_dict()] for t, a, fb in sorted(self.pending,
-                                                                    key=lambda e: e[:2])],
-            "pending_arrivals": self.pending_seq,
-            "negative_frontier": self.negative_frontier,
+            "gate": self.gate.to_dict(),
         }
 
     @classmethod
@@ -150,10 +140,7 @@ class ModelState:
             model.seg_codes = {str(k): int(c) for k, c in data["seg_codes"]}
             model.matured = FeedbackStall.from_dict(data["matured"])
             model.arrivals = FeedbackStall.from_dict(data["arrivals"])
-            model.pending = [(int(t), int(a), Feedback.from_dict(f)) for t, a, f in data["pending"]]
-            heapq.heapify(model.pending)
-            model.pending_seq = int(data["pending_arrivals"])
-            model.negative_frontier = int(data["negative_frontier"])
+            model.gate = CohortGate.from_dict(data["gate"])
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, InvalidInputError):
                 raise

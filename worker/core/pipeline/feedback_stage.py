@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import math
 from typing import Any
 
@@ -312,19 +311,11 @@ class FeedbackStage:
         # Positives mature at the click, negatives a window later: in label order the newest
         # impressions show their clicks and not yet their non-clicks (at start-up nothing
         # else), which a sequential test reads as under-prediction. The calibration
-        # statistics therefore take a positive only once a negative of an impression at
-        # least as recent has arrived (the join finalises negatives in impression-time
-        # order), as the policy does for its fits: complete impression cohorts only.
-        if y == 1 and imp.ts > model.negative_frontier:
-            heapq.heappush(model.pending, (imp.ts, model.pending_seq, fb))
-            model.pending_seq += 1
-        else:
-            self._detect(model, fb, ts, created_at, out, refit)
-            if y == 0:
-                model.negative_frontier = max(model.negative_frontier, imp.ts)
-                pending = model.pending
-                while pending and pending[0][0] <= model.negative_frontier:
-                    self._detect(model, heapq.heappop(pending)[2], ts, created_at, out, refit)
+        # statistics take complete impression cohorts only (``CohortGate``), and the policy
+        # fits on exactly the events the gate releases here.
+        released = model.gate.offer(fb)
+        for cohort_event in released:
+            self._detect(model, cohort_event, ts, created_at, out, refit)
 
         # Counts that do not depend on label order: the stall and late-click detectors (at
         # label time) and the posteriors (Beta counts).
@@ -336,7 +327,7 @@ class FeedbackStage:
         for event in self._store.observe(imp.user_id, imp.arm, imp.segment, y, ts, uncertain):
             out.tier_changes.append({"type": "tier_change", **event})
 
-        self._publish(model, self._policy.update(fb, created_at=created_at), out)
+        self._publish(model, self._policy.ingest(fb, released, created_at), out)
         if refit and self._alerts.state("feedback_stall", model_id, GLOBAL) == "firing":
             # Labels are missing their clicks: a refit would learn the broken pipeline.
             refit = []

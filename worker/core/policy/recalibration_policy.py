@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import heapq
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from worker.core.calibrators import (
     calibrator_from_dict,
 )
 from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.join.cohort_gate import CohortGate
 from worker.core.mathfn import clamp_logit
 from worker.core.policy._affine import affine_of, compose, residual_of
 from worker.core.policy._scope_state import ScopeState
@@ -82,9 +82,7 @@ class _Model:
         self.since_refit = 0
         self.watermark = 0
         # Positives waiting for their impression cohort to be complete (see update()).
-        self.pending: list[tuple[int, int, Feedback]] = []
-        self.arrivals = 0
-        self.negative_frontier = -(2**62)
+        self.gate = CohortGate()
         self.scopes: dict[str, ScopeState] = {GLOBAL: ScopeState(config)}
         self.user_versions: dict[str, _UserVersion] = {}
         # Segment codes (first-seen order) tag the global scope's ring events.
@@ -330,20 +328,36 @@ class RecalibrationPolicy:
             raise InvalidInputError(
                 "score_range", f"logit must be a finite number; got {imp.logit!r}"
             )
-        model = self._models.get(imp.model_id)
-        if model is None:
-            model = self._models[imp.model_id] = _Model(self._cfg)
-        model.watermark = max(model.watermark, int(imp.ts), int(fb.label_ts))
-        if fb.label == 1 and imp.ts > model.negative_frontier:
-            heapq.heappush(model.pending, (int(imp.ts), model.arrivals, fb))
-            model.arrivals += 1
-            return []
-        out = self._ingest(model, fb, created_at)
-        if fb.label == 0:
-            model.negative_frontier = max(model.negative_frontier, int(imp.ts))
-            while model.pending and model.pending[0][0] <= model.negative_frontier:
-                out += self._ingest(model, heapq.heappop(model.pending)[2], created_at)
+        model = self._model(imp.model_id)
+        out: list[dict[str, Any]] = []
+        for event in self._observe(model, fb).offer(fb):
+            out += self._ingest(model, event, created_at)
         return out
+
+    def ingest(
+        self, fb: Feedback, released: list[Feedback], created_at: str
+    ) -> list[dict[str, Any]]:
+        """``update`` for a caller that runs the ``CohortGate`` itself (the feedback stage,
+        whose detectors need the same released events): ``fb`` arrived and moves the
+        model's watermark; ``released`` are the events the caller's gate released for it.
+        Nothing is re-validated: the decoder has."""
+        model = self._model(fb.impression.model_id)
+        self._observe(model, fb)
+        out: list[dict[str, Any]] = []
+        for event in released:
+            out += self._ingest(model, event, created_at)
+        return out
+
+    def _model(self, model_id: str) -> _Model:
+        model = self._models.get(model_id)
+        if model is None:
+            model = self._models[model_id] = _Model(self._cfg)
+        return model
+
+    @staticmethod
+    def _observe(model: _Model, fb: Feedback) -> CohortGate:
+        model.watermark = max(model.watermark, int(fb.impression.ts), int(fb.label_ts))
+        return model.gate
 
     def _ingest(self, model: _Model, fb: Feedback, created_at: str) -> list[dict[str, Any]]:
         imp = fb.impression
@@ -1038,10 +1052,7 @@ class RecalibrationPolicy:
                 "seq": m.seq,
                 "since_refit": m.since_refit,
                 "watermark": m.watermark,
-                "arrivals": m.arrivals,
-                "negative_frontier": m.negative_frontier,
-                "pending": [[t, a, fb.to_dict()] for t, a, fb in sorted(m.pending,
-                                                                        key=lambda e: e[:2])],
+                "gate": m.gate.to_dict(),
                 "seg_codes": dict(m.seg_codes),
                 "scopes": {k: s.to_dict() for k, s in sorted(m.scopes.items())},
                 "user_versions": {
@@ -1070,10 +1081,7 @@ class RecalibrationPolicy:
                 m.seq = int(md["seq"])
                 m.since_refit = int(md["since_refit"])
                 m.watermark = int(md["watermark"])
-                m.arrivals = int(md["arrivals"])
-                m.negative_frontier = int(md["negative_frontier"])
-                m.pending = [(int(t), int(a), Feedback.from_dict(f)) for t, a, f in md["pending"]]
-                heapq.heapify(m.pending)
+                m.gate = CohortGate.from_dict(md["gate"])
                 m.scopes = {k: ScopeState.from_dict(s, cfg) for k, s in md["scopes"].items()}
                 m.seg_codes = {str(k): int(v) for k, v in md["seg_codes"].items()}
                 if set(m.seg_codes) != set(m.scopes) - {GLOBAL}:

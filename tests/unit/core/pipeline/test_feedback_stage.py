@@ -481,7 +481,7 @@ def test_round_trip_then_continue_gives_the_same_outputs() -> None:
     end = iso(int(stream.ts[-1]))
     final = _outputs(whole.finish(None, end))
     for cut in cuts:
-        assert states[cut]["models"][0][1]["pending"]
+        assert states[cut]["models"][0][1]["gate"]["pending"]
         resumed = FeedbackStage.from_dict(states[cut])
         assert json.loads(json.dumps(resumed.to_dict())) == states[cut]
         assert _run_all(resumed, stream, cut, len(stream)) == expected[cut:]

@@ -340,10 +340,10 @@ def test_positives_wait_until_their_impression_cohort_is_complete() -> None:
     for i in range(5):
         assert policy.update(fb(i, 1), created_at=CREATED_AT) == []
     state = policy.to_dict()["models"]["m"]
-    assert state["seq"] == 0 and len(state["pending"]) == 5
+    assert state["seq"] == 0 and len(state["gate"]["pending"]) == 5
     policy.update(fb(3, 0), created_at=CREATED_AT)  # releases positives with ts <= 3
     state = policy.to_dict()["models"]["m"]
-    assert state["seq"] == 1 + 4 and len(state["pending"]) == 1
+    assert state["seq"] == 1 + 4 and len(state["gate"]["pending"]) == 1
     policy.update(fb(9, 0), created_at=CREATED_AT)
     assert policy.to_dict()["models"]["m"]["seq"] == 7
 
