@@ -7,7 +7,7 @@ from typing import Any
 from worker.core.drift import FeedbackStall
 from worker.core.errors import InvalidInputError
 from worker.core.join.cohort_gate import CohortGate
-from worker.core.pipeline._scope import ScopeState
+from worker.core.pipeline._scope_detectors import ScopeDetectors
 from worker.core.pipeline._served import ServeFn, calibrator_key, serve_fn
 from worker.core.pipeline.monitor_config import MonitorConfig
 
@@ -51,7 +51,7 @@ class ModelState:
     )
 
     def __init__(self, config: MonitorConfig) -> None:
-        self.scopes: dict[str, ScopeState] = {GLOBAL: ScopeState(config)}
+        self.scopes: dict[str, ScopeDetectors] = {GLOBAL: ScopeDetectors(config)}
         self.versions: dict[str, dict[str, Any]] = {}
         self.serve: dict[str, ServeFn] = {}
         self.keys: dict[str, tuple[str, str]] = {}
@@ -64,11 +64,11 @@ class ModelState:
 
     # ------------------------------------------------------------------ lookups
 
-    def scope(self, key: str, config: MonitorConfig) -> ScopeState | None:
+    def scope(self, key: str, config: MonitorConfig) -> ScopeDetectors | None:
         """The segment scope's state, created on first sight (None beyond the cap)."""
         state = self.scopes.get(key)
         if state is None and config.segment_scopes and len(self.scopes) <= config.max_segments:
-            state = self.scopes[key] = ScopeState(config)
+            state = self.scopes[key] = ScopeDetectors(config)
         return state
 
     def code(self, key: str) -> int:
@@ -131,7 +131,7 @@ class ModelState:
     def from_dict(cls, data: dict[str, Any], config: MonitorConfig) -> ModelState:
         model = cls(config)
         try:
-            model.scopes = {str(k): ScopeState.from_dict(s, config) for k, s in data["scopes"]}
+            model.scopes = {str(k): ScopeDetectors.from_dict(s, config) for k, s in data["scopes"]}
             if GLOBAL not in model.scopes:
                 raise ValueError("a model needs a global scope")
             for msg in data["versions"]:

@@ -15,7 +15,7 @@ from worker.core.errors import ConfigError, InvalidInputError
 from worker.core.mathfn import clamp_logit
 from worker.core.metrics import CalibrationReport
 from worker.core.pipeline._model import GLOBAL, SEGMENT_PREFIX, ModelState
-from worker.core.pipeline._scope import ScopeState
+from worker.core.pipeline._scope_detectors import ScopeDetectors
 from worker.core.pipeline.monitor_config import MonitorConfig
 from worker.core.pipeline.outputs import Outputs
 from worker.core.policy import RecalibrationPolicy
@@ -458,7 +458,7 @@ class FeedbackStage:
         self,
         model_id: str,
         key: str,
-        scope: ScopeState,
+        scope: ScopeDetectors,
         z: float,
         ts: int,
         created_at: str,
@@ -491,7 +491,7 @@ class FeedbackStage:
         self,
         model_id: str,
         key: str,
-        scope: ScopeState,
+        scope: ScopeDetectors,
         p: float,
         y: int,
         ts: int,
@@ -543,7 +543,7 @@ class FeedbackStage:
 
     @staticmethod
     def _drift_details(
-        scope: ScopeState,
+        scope: ScopeDetectors,
         kind: str,
         alarms: int,
         n: int,
@@ -561,7 +561,7 @@ class FeedbackStage:
         }
 
     def _ece_check(
-        self, model_id: str, key: str, scope: ScopeState, ts: int, created_at: str
+        self, model_id: str, key: str, scope: ScopeDetectors, ts: int, created_at: str
     ) -> list[dict[str, Any]]:
         rep = scope.calib.report()
         numbers = (rep.ece, rep.ece_floor, rep.ece_se, rep.n)

@@ -1,4 +1,5 @@
-"""Per-(model, scope) detector state of the feedback monitor (private to the pipeline)."""
+"""Per-(model, scope) detector state of the feedback stage (private to the pipeline; the
+policy's per-scope fitting state is `policy._scope_state.ScopeState`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from worker.core.sketches.event_ring import EventRing
 COVERAGE_BATCH = 256
 
 
-class ScopeState:
+class ScopeDetectors:
     """The detectors, accumulators and buffers of one (model, scope).
 
     ``served`` identifies the version whose probabilities the detectors are testing
@@ -115,7 +116,7 @@ class ScopeState:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], config: MonitorConfig) -> ScopeState:
+    def from_dict(cls, data: dict[str, Any], config: MonitorConfig) -> ScopeDetectors:
         state = cls(config)
         try:
             state.cusum = CalibrationCusum.from_dict(data["cusum"])
