@@ -17,12 +17,12 @@ policy's calibrator versions go to `calibrators.jsonl`, drift alerts (firing and
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,6 +36,7 @@ from worker.core.pipeline import FeedbackMonitor, MonitorOutputs
 from worker.core.policy import PolicyConfig, RecalibrationPolicy
 from worker.core.records.dead_letter import DeadLetter
 from worker.core.records.impression import Impression
+from worker.core.records.timefmt import iso_utc_ms
 
 OUTPUT_FILES = (
     "feedback.jsonl",
@@ -102,14 +103,9 @@ class ReplaySummary:
         }
 
 
-def _iso_ms(ts_ms: float) -> str:
-    if ts_ms == float("-inf") or ts_ms != ts_ms:
-        ts_ms = 0
-    return (
-        datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+def _clock_text(ts_ms: float) -> str:
+    # The clock is -inf before the first event; the epoch stands in for it.
+    return iso_utc_ms(int(ts_ms) if ts_ms > -math.inf else 0)
 
 
 class Replay:
@@ -147,7 +143,7 @@ class Replay:
         # several monitor calls per line share one clock value, and formatting is not cheap.
         if self._max_ts != self._created_at_ts:
             self._created_at_ts = self._max_ts
-            self._created_at_text = _iso_ms(self._max_ts)
+            self._created_at_text = _clock_text(self._max_ts)
         return self._created_at_text
 
     def process_line(self, raw: bytes, line_no: int) -> None:
@@ -240,7 +236,7 @@ class Replay:
             reason=reason,
             error=error,
             payload=raw,
-            received_at=_iso_ms(self._max_ts),
+            received_at=_clock_text(self._max_ts),
         )
         self._write("dlq", letter.to_dict())
 

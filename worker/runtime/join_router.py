@@ -25,7 +25,6 @@ import binascii
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -38,6 +37,7 @@ from worker.core.records.click import Click
 from worker.core.records.dead_letter import DeadLetter
 from worker.core.records.feedback import Feedback
 from worker.core.records.impression import Impression
+from worker.core.records.timefmt import iso_utc_ms
 from worker.runtime.merge import BacklogProbe, EventTimeMerger, InputEvent, _unknown
 from worker.runtime.state import NO_OFFSET, clock_record, user_record
 from worker.runtime.topics import TopicNames
@@ -49,19 +49,6 @@ _SOURCE_INDEX = {"impressions": 0, "clicks": 1}
 #: crash the worker on every restart. A longer payload is cut here (the error says so); the
 #: dead letter's topic/partition/offset still point at the original message.
 DLQ_MAX_PAYLOAD_BYTES = 256 * 1024
-
-
-def iso_utc(wall_ms: int) -> str:
-    """Wall-clock milliseconds as ISO 8601 UTC (``received_at`` of dead letters).
-
-    >>> iso_utc(0)
-    '1970-01-01T00:00:00.000Z'
-    """
-    return (
-        datetime.fromtimestamp(wall_ms / 1000, tz=timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
 
 
 def key_text(key: bytes | None) -> str | None:
@@ -309,7 +296,7 @@ class JoinRouter:
                     "found no impression within the attribution window"
                 ),
                 payload=payload,
-                received_at=iso_utc(wall_ms),
+                received_at=iso_utc_ms(wall_ms),
             )
             out.dead_letters.append((click.user_id.encode("utf-8"), letter))
 
@@ -353,7 +340,7 @@ class JoinRouter:
             reason=reason,
             error=error,
             payload=payload,
-            received_at=iso_utc(wall_ms),
+            received_at=iso_utc_ms(wall_ms),
         )
 
 

@@ -11,8 +11,9 @@ import orjson
 import pytest
 
 from worker.core.records.feedback import Feedback
+from worker.core.records.timefmt import iso_utc_ms
 from worker.replay import Replay, ReplayConfig
-from worker.runtime.join_router import JoinRouter, Outcome, RouterConfig, iso_utc
+from worker.runtime.join_router import JoinRouter, Outcome, RouterConfig
 from worker.runtime.merge import InputEvent
 from worker.runtime.state import group_user_records
 from worker.runtime.topics import TopicNames
@@ -150,7 +151,7 @@ def test_orphan_dead_letter_carries_the_original_message() -> None:
     assert key == b"u1"
     assert (letter.source_topic, letter.partition, letter.offset, letter.key, letter.reason) == (
         "clk", 3, 41, "u1", "orphan_click")
-    assert letter.payload == raw and letter.received_at == iso_utc(5_000)
+    assert letter.payload == raw and letter.received_at == iso_utc_ms(5_000)
 
 
 @pytest.mark.parametrize("seed", [4, 5, 6, 7])
@@ -244,7 +245,7 @@ def test_dead_letters_for_undecodable_input() -> None:
     for (key, letter), (orig_key, raw, _) in zip(out.dead_letters, cases, strict=True):
         assert key == orig_key
         assert letter.payload == raw and letter.source_topic == "imp"
-        assert letter.partition == 1 and letter.received_at == iso_utc(2_000)
+        assert letter.partition == 1 and letter.received_at == iso_utc_ms(2_000)
     assert out.dead_letters[-1][1].key == "\\xff\\xfe"
     assert out.dead_letters[-2][1].key is None and "no key" in out.dead_letters[-2][1].error
     assert out.events == Counter({("impressions", "dead_letter"): len(cases)})
