@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import Any
 
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.records.timefmt import iso_utc_ms
 
 KINDS = (
@@ -386,7 +386,7 @@ class AlertLifecycle:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AlertLifecycle:
-        """Inverse of ``to_dict``; a malformed dict raises ``InvalidInputError("schema", ...)``."""
+        """Inverse of ``to_dict``; a malformed dict raises ``StateError``."""
         try:
             if data.get("v") != 1:
                 raise ValueError(f"unsupported alert state version {data.get('v')!r}")
@@ -398,9 +398,7 @@ class AlertLifecycle:
                 out._series[fp] = series
             return out
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError("schema", f"malformed alert state: {exc}") from exc
+            raise StateError(f"malformed alert state: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"AlertLifecycle(series={len(self._series)}, firing={len(self.firing())})"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import worker.core.alerts.alert_lifecycle as module
 from worker.core.alerts import KINDS, AlertLifecycle, fingerprint
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.records.timefmt import iso_utc_ms
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -306,9 +306,9 @@ def test_from_dict_rejects_malformed() -> None:
     lc = AlertLifecycle()
     lc.observe("ece_high", "m", "global", True, 1.0, 0.5, 1, T0)
     data = lc.to_dict()
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(StateError):
         AlertLifecycle.from_dict({**data, "v": 2})
     bad = json.loads(json.dumps(data))
     bad["series"][0][0] = "0" * 16
-    with pytest.raises(InvalidInputError, match="fingerprint"):
+    with pytest.raises(StateError, match="fingerprint"):
         AlertLifecycle.from_dict(bad)
