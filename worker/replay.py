@@ -34,7 +34,12 @@ from worker.core.join.attribution_join import AttributionJoin
 from worker.core.join.join_step import JoinStep
 from worker.core.pipeline import FeedbackMonitor, MonitorOutputs
 from worker.core.policy import PolicyConfig, RecalibrationPolicy
-from worker.core.records.dead_letter import DeadLetter
+from worker.core.records.dead_letter import (
+    event_ref,
+    make_dead_letter,
+    orphan_click_error,
+    unpack_ref,
+)
 from worker.core.records.impression import Impression
 from worker.core.records.timefmt import iso_utc_ms
 
@@ -162,7 +167,9 @@ class Replay:
                 self.summary.clicks += 1
                 if monitor is not None:
                     self._publish(monitor.on_click(event, self._created_at()))
-                step = self._join.add_click(event, ref=line_no)
+                # The original bytes travel with the click: an orphan's letter must carry
+                # them, not a rebuilt click.
+                step = self._join.add_click(event, ref=event_ref(line_no, raw))
         except InvalidInputError as exc:
             self._dead_letter(raw, line_no, _key_of(raw), exc.reason, str(exc))
             return
@@ -195,14 +202,9 @@ class Replay:
                     self._max_ts = fb.label_ts
                 self._publish(monitor.on_feedback(fb, self._created_at()))
         for click, ref in step.orphans:
-            self._dead_letter(
-                orjson.dumps(click.to_dict()),
-                ref if isinstance(ref, int) else None,
-                click.user_id,
-                "orphan_click",
-                f"click for impression {click.impression_id!r} of user {click.user_id!r} "
-                "found no impression within the attribution window",
-            )
+            line_no, raw = unpack_ref(ref, click.to_dict())
+            error = orphan_click_error(click)
+            self._dead_letter(raw, line_no, click.user_id, "orphan_click", error)
         if monitor is not None:
             for click in step.late_clicks:
                 self._publish(monitor.on_late_click(click, self._created_at()))
@@ -228,17 +230,12 @@ class Replay:
         self, raw: bytes, line_no: int | None, key: str | None, reason: str, error: str
     ) -> None:
         self.summary.dead_letters[reason] += 1
-        letter = DeadLetter(
-            source_topic=self._source,
-            partition=0,
-            offset=line_no,
-            key=key,
-            reason=reason,
-            error=error,
-            payload=raw,
-            received_at=_clock_text(self._max_ts),
-        )
+        clock = int(self._max_ts) if self._max_ts > -math.inf else 0
+        letter = make_dead_letter(self._source, 0, line_no, key, reason, error, raw, clock)
         self._write("dlq", letter.to_dict())
+
+
+_BOM = b"\xef\xbb\xbf"
 
 
 def _key_of(raw: bytes) -> str | None:
@@ -290,12 +287,16 @@ def run_replay(
     read_bytes = 0
     try:
         with open(events_path, "rb", buffering=1 << 20) as handle:
+            # A UTF-8 byte order mark (editors on Windows write one) is not part of line 1.
+            if handle.read(3) == _BOM:
+                read_bytes = len(_BOM)
+            else:
+                handle.seek(0)
             for line_no, line in enumerate(handle):
                 read_bytes += len(line)
-                raw = line.rstrip(b"\r\n")
-                if not raw.strip():
-                    continue
-                replay.process_line(raw, line_no)
+                # Whitespace-only lines are not skipped: the decoder dead-letters them
+                # ("empty"), so every line of the file is accounted for.
+                replay.process_line(line.rstrip(b"\r\n"), line_no)
                 if progress is not None and (line_no & 0x3FFF) == 0:
                     now = time.perf_counter()
                     if now - last_report >= 0.5:

@@ -54,13 +54,11 @@ def test_ts_whose_window_ends_after_year_9999_does_not_crash(tmp_path: Path) -> 
     assert [d["reason"] for d in dlq] == ["schema"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 7: fixed by a later commit")
 def test_a_bom_at_the_start_of_the_file_is_stripped(tmp_path: Path) -> None:
     summary, feedback, dlq = _run(tmp_path, b"\xef\xbb\xbf" + imp("i1", T0) + b"\n")
     assert dlq == [] and summary["impressions"] == 1 and len(feedback) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 7: fixed by a later commit")
 def test_whitespace_only_lines_are_counted_dead_letters(tmp_path: Path) -> None:
     body = imp("i1", T0) + b"\n \t\n\n" + imp("i2", T0 + 1) + b"\r\n"
     summary, feedback, dlq = _run(tmp_path, body)
@@ -70,7 +68,6 @@ def test_whitespace_only_lines_are_counted_dead_letters(tmp_path: Path) -> None:
     assert len(feedback) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 7: fixed by a later commit")
 def test_orphan_click_letters_carry_the_original_bytes(tmp_path: Path) -> None:
     # Unusual but valid spelling (spaces, a float ts, an unknown field): a rebuilt click
     # would differ from these bytes.

@@ -20,35 +20,32 @@ This module does no maths: the decoder validates, the join labels.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-import orjson
 
 from worker.core.codec.input_decoder import InputDecoder
 from worker.core.errors import InvalidInputError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.join.join_step import JoinStep
 from worker.core.records.click import Click
-from worker.core.records.dead_letter import DeadLetter
+from worker.core.records.dead_letter import (
+    DLQ_MAX_PAYLOAD_BYTES,
+    DeadLetter,
+    event_ref,
+    make_dead_letter,
+    orphan_click_error,
+    unpack_ref,
+)
 from worker.core.records.feedback import Feedback
 from worker.core.records.impression import Impression
-from worker.core.records.timefmt import iso_utc_ms
 from worker.runtime.merge import BacklogProbe, EventTimeMerger, InputEvent, _unknown
 from worker.runtime.state import NO_OFFSET, clock_record, user_record
 from worker.runtime.topics import TopicNames
 from worker.settings import Settings
 
 _SOURCE_INDEX = {"impressions": 0, "clicks": 1}
-#: Largest original payload kept whole in a dead letter. Base64 grows it by 4/3 and Kafka's
-#: default message limit is 1 MB: a bigger dead letter would be refused by the broker and
-#: crash the worker on every restart. A longer payload is cut here (the error says so); the
-#: dead letter's topic/partition/offset still point at the original message.
-DLQ_MAX_PAYLOAD_BYTES = 256 * 1024
 
 
 def key_text(key: bytes | None) -> str | None:
@@ -252,8 +249,9 @@ class JoinRouter:
                 if isinstance(obj, Impression):
                     step = join.add_impression(obj, wall_ms=wall_ms)
                 else:
-                    ref = [event.offset, base64.b64encode(event.raw).decode("ascii")]
-                    step = join.add_click(obj, ref=ref, wall_ms=wall_ms)
+                    step = join.add_click(
+                        obj, ref=event_ref(event.offset, event.raw), wall_ms=wall_ms
+                    )
             except InvalidInputError as exc:  # late_impression: the join keeps no trace
                 out.events[(source, "dead_letter")] += 1
                 out.dead_letters.append(
@@ -284,19 +282,17 @@ class JoinRouter:
         out.feedback.extend(step.feedback)
         out.late_clicks += len(step.late_clicks)
         for click, ref in step.orphans:
-            offset, payload = _unpack_ref(ref, click)
-            letter = DeadLetter(
-                source_topic=self._names.clicks,
-                partition=partition,
-                offset=offset,
-                key=click.user_id,
-                reason="orphan_click",
-                error=(
-                    f"click for impression {click.impression_id!r} of user {click.user_id!r} "
-                    "found no impression within the attribution window"
-                ),
-                payload=payload,
-                received_at=iso_utc_ms(wall_ms),
+            offset, payload = unpack_ref(ref, click.to_dict())
+            letter = make_dead_letter(
+                self._names.clicks,
+                partition,
+                offset,
+                click.user_id,
+                "orphan_click",
+                orphan_click_error(click),
+                payload,
+                wall_ms,
+                DLQ_MAX_PAYLOAD_BYTES,
             )
             out.dead_letters.append((click.user_id.encode("utf-8"), letter))
 
@@ -325,33 +321,14 @@ class JoinRouter:
     def _letter(
         self, event: InputEvent, key: str | None, reason: str, error: str, wall_ms: int
     ) -> DeadLetter:
-        payload = event.raw
-        if len(payload) > DLQ_MAX_PAYLOAD_BYTES:
-            error = (
-                f"{error} [payload cut to its first {DLQ_MAX_PAYLOAD_BYTES} of {len(payload)} "
-                "bytes; the original is at source_topic/partition/offset]"
-            )
-            payload = payload[:DLQ_MAX_PAYLOAD_BYTES]
-        return DeadLetter(
-            source_topic=event.topic,
-            partition=event.partition,
-            offset=event.offset,
-            key=key,
-            reason=reason,
-            error=error,
-            payload=payload,
-            received_at=iso_utc_ms(wall_ms),
+        return make_dead_letter(
+            event.topic,
+            event.partition,
+            event.offset,
+            key,
+            reason,
+            error,
+            event.raw,
+            wall_ms,
+            DLQ_MAX_PAYLOAD_BYTES,
         )
-
-
-def _unpack_ref(ref: object, click: Click) -> tuple[int | None, bytes]:
-    """(offset, original payload) from an orphan's ref; tolerant of a foreign ref shape,
-    because a dead letter must never be dropped."""
-    if isinstance(ref, list) and len(ref) == 2 and isinstance(ref[1], str):
-        try:
-            payload = base64.b64decode(ref[1], validate=True)
-        except (binascii.Error, ValueError):
-            payload = None
-        if payload is not None:
-            return (ref[0] if isinstance(ref[0], int) else None), payload
-    return None, orjson.dumps(click.to_dict())

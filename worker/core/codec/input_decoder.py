@@ -352,6 +352,10 @@ class InputDecoder:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as err:
+            if not raw.strip():
+                # Its own reason: a blank line in a file or an empty message is a
+                # framing problem upstream, not a malformed event.
+                raise InvalidInputError("empty", "message is empty or whitespace only") from None
             raise InvalidInputError("invalid_json", f"message is not valid JSON: {err}") from None
 
     # -- parsed objects ------------------------------------------------------------------

@@ -117,10 +117,13 @@ class TestTooLarge:
 
 
 class TestInvalidJson:
+    @pytest.mark.parametrize("raw", [b"", b" ", b"\t\r\n "])
+    def test_empty_or_whitespace_only(self, raw: bytes) -> None:
+        assert reason_of(InputDecoder().decode_replay_line, raw)[0] == "empty"
+
     @pytest.mark.parametrize(
         "raw",
         [
-            b"",
             b"{",
             b"not json",
             b'{"score": NaN}',
