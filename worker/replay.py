@@ -35,7 +35,7 @@ from worker.core.join.join_step import JoinStep
 from worker.core.pipeline import FeedbackMonitor, MonitorOutputs
 from worker.core.policy import PolicyConfig, RecalibrationPolicy
 from worker.core.records.dead_letter import (
-    event_ref,
+    future_ts_error,
     make_dead_letter,
     orphan_click_error,
     unpack_ref,
@@ -60,6 +60,10 @@ class ReplayConfig:
     allowed_lateness_ms: int = 60_000
     max_message_bytes: int = 65_536
     recalibrate_every: int = 1000
+    # How far one event may move the join's clock unconfirmed (None: the window) and how
+    # many later events confirm or refute a bigger jump (see ClockGuard).
+    max_clock_jump_ms: int | None = None
+    clock_confirmations: int = 3
     # The policy's other knobs; ``recalibrate_every`` above always wins over the one in here.
     policy: PolicyConfig | None = None
 
@@ -135,7 +139,12 @@ class Replay:
         self._source = source_name
         self._decoder = InputDecoder(max_message_bytes=config.max_message_bytes)
         self._join = AttributionJoin(
-            window_ms=config.window_ms, allowed_lateness_ms=config.allowed_lateness_ms
+            window_ms=config.window_ms,
+            allowed_lateness_ms=config.allowed_lateness_ms,
+            max_clock_jump_ms=(
+                config.window_ms if config.max_clock_jump_ms is None else config.max_clock_jump_ms
+            ),
+            clock_confirmations=config.clock_confirmations,
         )
         self._max_ts = float("-inf")
         self._created_at_ts = float("nan")
@@ -156,20 +165,24 @@ class Replay:
         monitor = self._monitor
         try:
             event = self._decoder.decode_replay_line(raw)
-            if event.ts > self._max_ts:
+            # An event the join's clock guard holds back reaches the clock and the monitor
+            # only if the join releases it (see _emit): one far-future line moves nothing.
+            held = event.ts > self._join.horizon
+            if event.ts > self._max_ts and not held:
                 self._max_ts = event.ts
+            # The original bytes travel with the event: an orphan's or a future_ts letter
+            # must carry them, not a rebuilt event.
+            ref = (line_no, raw)
             if isinstance(event, Impression):
                 self.summary.impressions += 1
-                step = self._join.add_impression(event)
-                if monitor is not None:
+                step = self._join.add_impression(event, ref=ref)
+                if monitor is not None and not held:
                     self._publish(monitor.on_impression(event, self._created_at()))
             else:
                 self.summary.clicks += 1
-                if monitor is not None:
+                if monitor is not None and not held:
                     self._publish(monitor.on_click(event, self._created_at()))
-                # The original bytes travel with the click: an orphan's letter must carry
-                # them, not a rebuilt click.
-                step = self._join.add_click(event, ref=event_ref(line_no, raw))
+                step = self._join.add_click(event, ref=ref)
         except InvalidInputError as exc:
             self._dead_letter(raw, line_no, _key_of(raw), exc.reason, str(exc))
             return
@@ -188,6 +201,14 @@ class Replay:
 
     def _emit(self, step: JoinStep) -> None:
         monitor = self._monitor
+        for event in step.released:
+            if event.ts > self._max_ts:
+                self._max_ts = event.ts
+            if monitor is not None:
+                if isinstance(event, Impression):
+                    self._publish(monitor.on_impression(event, self._created_at()))
+                else:
+                    self._publish(monitor.on_click(event, self._created_at()))
         for fb in step.feedback:
             self.summary.feedback += 1
             if fb.label:
@@ -205,6 +226,9 @@ class Replay:
             line_no, raw = unpack_ref(ref, click.to_dict())
             error = orphan_click_error(click)
             self._dead_letter(raw, line_no, click.user_id, "orphan_click", error)
+        for event, ref in step.future:
+            line_no, raw = unpack_ref(ref, event.to_dict())
+            self._dead_letter(raw, line_no, event.user_id, "future_ts", future_ts_error(event))
         if monitor is not None:
             for click in step.late_clicks:
                 self._publish(monitor.on_late_click(click, self._created_at()))

@@ -6,7 +6,6 @@ import base64
 from pathlib import Path
 
 import orjson
-import pytest
 
 from worker.replay import ReplayConfig, run_replay
 
@@ -81,7 +80,6 @@ def test_orphan_click_letters_carry_the_original_bytes(tmp_path: Path) -> None:
     assert dlq[0]["offset"] == 1 and dlq[0]["key"] == "u1"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 7: fixed by a later commit")
 def test_one_line_a_day_ahead_changes_no_other_label(tmp_path: Path) -> None:
     lines = []
     for k in range(1_000):

@@ -34,6 +34,7 @@ from worker.core.records.dead_letter import (
     DLQ_MAX_PAYLOAD_BYTES,
     DeadLetter,
     event_ref,
+    future_ts_error,
     make_dead_letter,
     orphan_click_error,
     unpack_ref,
@@ -66,6 +67,9 @@ class RouterConfig:
     max_future_ms: int = 3_600_000
     merge_max_wait_ms: int = 1_000
     merge_max_backlog_wait_ms: int = 30_000
+    # The join's clock guard (None: the window); not in Settings yet.
+    max_clock_jump_ms: int | None = None
+    clock_confirmations: int = 3
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RouterConfig:
@@ -147,6 +151,10 @@ class JoinRouter:
             window_ms=cfg.window_ms,
             allowed_lateness_ms=cfg.allowed_lateness_ms,
             idle_timeout_ms=cfg.idle_timeout_ms,
+            max_clock_jump_ms=(
+                cfg.window_ms if cfg.max_clock_jump_ms is None else cfg.max_clock_jump_ms
+            ),
+            clock_confirmations=cfg.clock_confirmations,
         )
         records = list(records)
         join.restore(clock, (record["s"] for record in records))
@@ -247,7 +255,9 @@ class JoinRouter:
                 continue
             try:
                 if isinstance(obj, Impression):
-                    step = join.add_impression(obj, wall_ms=wall_ms)
+                    step = join.add_impression(
+                        obj, wall_ms=wall_ms, ref=event_ref(event.offset, event.raw)
+                    )
                 else:
                     step = join.add_click(
                         obj, ref=event_ref(event.offset, event.raw), wall_ms=wall_ms
@@ -295,6 +305,21 @@ class JoinRouter:
                 DLQ_MAX_PAYLOAD_BYTES,
             )
             out.dead_letters.append((click.user_id.encode("utf-8"), letter))
+        for held, ref in step.future:
+            offset, payload = unpack_ref(ref, held.to_dict())
+            topic = self._names.impressions if isinstance(held, Impression) else self._names.clicks
+            letter = make_dead_letter(
+                topic,
+                partition,
+                offset,
+                held.user_id,
+                "future_ts",
+                future_ts_error(held),
+                payload,
+                wall_ms,
+                DLQ_MAX_PAYLOAD_BYTES,
+            )
+            out.dead_letters.append((held.user_id.encode("utf-8"), letter))
 
     def _writes(
         self, part: _Partition, partition: int, touched: dict[str, list[int]], out: Outcome

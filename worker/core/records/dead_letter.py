@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from worker.core.records.click import Click
+from worker.core.records.impression import Impression
 from worker.core.records.timefmt import iso_utc_ms
 
 
@@ -96,12 +97,18 @@ def event_ref(offset: int | None, raw: bytes) -> list[Any]:
 
 
 def unpack_ref(ref: object, fallback: Mapping[str, Any]) -> tuple[int | None, bytes]:
-    """(offset, original payload) from ``event_ref`` output.
+    """(offset, original payload) from ``event_ref`` output, or from an ``(offset, raw)``
+    tuple (replay's cheaper ref: its state is never exported).
+
+    >>> unpack_ref((3, b"{}"), {})
+    (3, b'{}')
 
     Tolerant of a foreign ref shape (state written before refs carried the payload), because
     a dead letter must never be dropped: the payload is then rebuilt from ``fallback``, the
     event's ``to_dict()``.
     """
+    if isinstance(ref, tuple) and len(ref) == 2 and isinstance(ref[1], bytes):
+        return (ref[0] if isinstance(ref[0], int) else None), ref[1]
     if isinstance(ref, list) and len(ref) == 2 and isinstance(ref[1], str):
         try:
             payload = base64.b64decode(ref[1], validate=True)
@@ -110,6 +117,14 @@ def unpack_ref(ref: object, fallback: Mapping[str, Any]) -> tuple[int | None, by
         if payload is not None:
             return (ref[0] if isinstance(ref[0], int) else None), payload
     return None, orjson.dumps(fallback)
+
+
+def future_ts_error(event: Impression | Click) -> str:
+    """The ``error`` text of a ``future_ts`` letter from the join's clock guard."""
+    return (
+        f"ts {event.ts} was further ahead of the partition's event time than one event may "
+        "move it (max_clock_jump_ms), and later events did not confirm the jump"
+    )
 
 
 def orphan_click_error(click: Click) -> str:
