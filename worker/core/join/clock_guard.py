@@ -29,7 +29,9 @@ class ClockGuard:
     against make it an outlier (``future_ts``). A vote per later event bounds the wait: a
     held event is decided within ``2 * confirmations - 1`` later events, so at most that
     many are held at once. Held events are decided in arrival order, so the outcome depends
-    only on the input order (deterministic).
+    only on the input order (deterministic). Limit: the bound counts from the clock, so a
+    partition's very first event (no clock yet) is never held; nor is anything after the
+    Kafka runtime's idle advance has moved the clock to wall time, which is the point.
 
     >>> g = ClockGuard(max_jump_ms=1_000, confirmations=2)
     >>> def click(ts):
