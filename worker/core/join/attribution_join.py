@@ -9,7 +9,7 @@ from heapq import heapify, heappop, heappush
 from operator import itemgetter
 from typing import Any
 
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import InvalidInputError, StateError
 from worker.core.join.clock_guard import ClockGuard
 from worker.core.join.join_stats import JoinStats
 from worker.core.join.join_step import JoinStep
@@ -717,11 +717,20 @@ class AttributionJoin:
     def restore(self, clock: dict[str, Any] | None, users: Iterable[dict[str, Any] | None]) -> None:
         """Replace the whole state by exported parts (``export_clock`` and ``export_user``
         dicts, in any order; None items are skipped). The schedule is rebuilt, so the join
-        continues exactly as the exporting one would have."""
+        continues exactly as the exporting one would have. Unreadable parts raise
+        ``StateError``."""
+        try:
+            self._restore(clock, users)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"malformed join state: {exc!r}") from exc
+
+    def _restore(
+        self, clock: dict[str, Any] | None, users: Iterable[dict[str, Any] | None]
+    ) -> None:
         self._reset()
         if clock is not None:
             if clock.get("v") != 1:
-                raise ConfigError(f"unsupported join clock version {clock.get('v')!r}; want 1")
+                raise StateError(f"unsupported join clock version {clock.get('v')!r}; want 1")
             self._clock.load({"v": 1, "watermark": clock["watermark"], "max_ts": clock["max_ts"]})
             self._seq = int(clock["seq"])
             counters = clock["counters"]
@@ -749,7 +758,7 @@ class AttributionJoin:
             if data is None:
                 continue
             if data.get("v") != 1:
-                raise ConfigError(f"unsupported join user state version {data.get('v')!r}")
+                raise StateError(f"unsupported join user state version {data.get('v')!r}")
             uid = data["user_id"]
             entries: dict[str, list[Any]] = {}
             for item in data["impressions"]:
@@ -797,7 +806,7 @@ class AttributionJoin:
     def from_dict(cls, data: dict[str, Any]) -> AttributionJoin:
         """Inverse of ``to_dict``."""
         if data.get("v") != 1:
-            raise ConfigError(f"unsupported join state version {data.get('v')!r}; want 1")
+            raise StateError(f"unsupported join state version {data.get('v')!r}; want 1")
         out = cls(**data["config"])
         out.restore(data["clock"], data["users"])
         return out
