@@ -292,34 +292,32 @@ class JoinRouter:
         out.feedback.extend(step.feedback)
         out.late_clicks += len(step.late_clicks)
         for click, ref in step.orphans:
-            offset, payload = unpack_ref(ref, click.to_dict())
-            letter = make_dead_letter(
-                self._names.clicks,
-                partition,
-                offset,
-                click.user_id,
-                "orphan_click",
-                orphan_click_error(click),
-                payload,
-                wall_ms,
-                DLQ_MAX_PAYLOAD_BYTES,
+            letter = self._returned_letter(
+                partition, click, ref, "orphan_click", orphan_click_error(click), wall_ms
             )
             out.dead_letters.append((click.user_id.encode("utf-8"), letter))
         for held, ref in step.future:
-            offset, payload = unpack_ref(ref, held.to_dict())
-            topic = self._names.impressions if isinstance(held, Impression) else self._names.clicks
-            letter = make_dead_letter(
-                topic,
-                partition,
-                offset,
-                held.user_id,
-                "future_ts",
-                future_ts_error(held),
-                payload,
-                wall_ms,
-                DLQ_MAX_PAYLOAD_BYTES,
+            letter = self._returned_letter(
+                partition, held, ref, "future_ts", future_ts_error(held), wall_ms
             )
             out.dead_letters.append((held.user_id.encode("utf-8"), letter))
+
+    def _returned_letter(
+        self,
+        partition: int,
+        event: Impression | Click,
+        ref: object,
+        reason: str,
+        error: str,
+        wall_ms: int,
+    ) -> DeadLetter:
+        # An event the join handed back with the ref given to it: its original message.
+        offset, payload = unpack_ref(ref, event.to_dict())
+        topic = self._names.impressions if isinstance(event, Impression) else self._names.clicks
+        return make_dead_letter(
+            topic, partition, offset, event.user_id, reason, error, payload, wall_ms,
+            DLQ_MAX_PAYLOAD_BYTES,
+        )
 
     def _writes(
         self, part: _Partition, partition: int, touched: dict[str, list[int]], out: Outcome

@@ -259,11 +259,12 @@ class InputDecoder:
     """Turns raw input messages into validated ``Impression`` and ``Click`` records.
 
     Every rejection raises ``InvalidInputError`` whose ``reason`` is the dead-letter code:
-    ``too_large`` (more than ``max_message_bytes``, checked before parsing), ``invalid_json``
-    (not JSON, or not a JSON object), ``schema`` (a field missing or of the wrong type or
-    length), ``score_range`` (score outside [0, 1] or a non-finite logit), ``key_mismatch``
-    (the Kafka key is not the ``user_id``) and ``future_ts`` (``ts`` more than
-    ``max_future_ms`` after ``now_ms``). The key and clock checks run only when ``key`` /
+    ``too_large`` (more than ``max_message_bytes``, checked before parsing), ``empty`` (no
+    bytes, or whitespace only), ``invalid_json`` (not JSON, or not a JSON object), ``schema``
+    (a field missing or of the wrong type or length, ``ts`` after year 9999, or the reserved
+    ``user_id`` ``"*"``), ``score_range`` (score outside [0, 1] or a non-finite logit),
+    ``key_mismatch`` (the Kafka key is not the ``user_id``) and ``future_ts`` (``ts`` more
+    than ``max_future_ms`` after ``now_ms``). The key and clock checks run only when ``key`` /
     ``now_ms`` are given.
 
     Impressions always come out with both ``score`` and ``logit``. When only a score is
