@@ -259,7 +259,7 @@ class AttributionJoin:
         if ts > self._horizon:
             return self._hold(imp, ref, wall_ms)
         step = self._add_impression(imp, wall_ms)
-        if self._guard:
+        if self._guard.held:
             return self._vote(ts, step, wall_ms)
         return step
 
@@ -271,7 +271,7 @@ class AttributionJoin:
         if ts > self._horizon:
             return self._hold(click, ref, wall_ms)
         step = self._add_click(click, ref, wall_ms)
-        if self._guard:
+        if self._guard.held:
             return self._vote(ts, step, wall_ms)
         return step
 
@@ -472,8 +472,9 @@ class AttributionJoin:
                     else:
                         out = self._add_click(event, ref, wall_ms)
                 except InvalidInputError:
-                    # Cannot happen (a held event is ahead of the clock); if it did, the
-                    # event is still not lost: it is reported like a rejected one.
+                    # A late impression: possible only when a later-stamped held event was
+                    # confirmed first and moved the clock past this one's window. Rare; it
+                    # is reported with the rejected ones so that it is not lost.
                     future.append((event, ref))
                     self._n_future += 1
                     continue

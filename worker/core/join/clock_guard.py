@@ -46,7 +46,7 @@ class ClockGuard:
     0
     """
 
-    __slots__ = ("_confirmations", "_held", "_max_jump_ms")
+    __slots__ = ("_confirmations", "_max_jump_ms", "held")
 
     def __init__(self, max_jump_ms: int, confirmations: int = 3) -> None:
         self._max_jump_ms = _check_ms("max_clock_jump_ms", max_jump_ms, 0)
@@ -57,7 +57,9 @@ class ClockGuard:
                 f"clock_confirmations must be a positive integer; got {confirmations!r}"
             )
         self._confirmations = confirmations
-        self._held: list[list[Any]] = []
+        # The held events (read-only outside): a plain attribute, because the join tests
+        # it after every event and a method call there is a measurable cost.
+        self.held: list[list[Any]] = []
 
     @property
     def max_jump_ms(self) -> int:
@@ -70,11 +72,11 @@ class ClockGuard:
         return self._confirmations
 
     def __len__(self) -> int:
-        return len(self._held)
+        return len(self.held)
 
     def hold(self, event: Impression | Click, ref: object) -> None:
         """Keep an event aside (call ``vote`` with its ts first: it votes on earlier ones)."""
-        self._held.append([event, ref, 0, 0])
+        self.held.append([event, ref, 0, 0])
 
     def vote(
         self, ts: int
@@ -86,7 +88,7 @@ class ClockGuard:
         need = self._confirmations
         jump = self._max_jump_ms
         keep = []
-        for held in self._held:
+        for held in self.held:
             if ts >= held[_EVENT].ts - jump:
                 held[_FOR] += 1
                 if held[_FOR] >= need:
@@ -98,13 +100,13 @@ class ClockGuard:
                     rejected.append((held[_EVENT], held[_REF]))
                     continue
             keep.append(held)
-        self._held = keep
+        self.held = keep
         return confirmed, rejected
 
     def take_until(self, horizon: float) -> list[tuple[Impression | Click, object]]:
         """Remove and return, in arrival order, the first held events whose ts is at most
         ``horizon`` (stops at the first one beyond it, so arrival order is kept)."""
-        held = self._held
+        held = self.held
         n = 0
         while n < len(held) and held[n][_EVENT].ts <= horizon:
             n += 1
@@ -114,8 +116,8 @@ class ClockGuard:
 
     def drain(self) -> list[tuple[Impression | Click, object]]:
         """Remove and return every held event (end of input: never confirmed)."""
-        out = [(h[_EVENT], h[_REF]) for h in self._held]
-        self._held = []
+        out = [(h[_EVENT], h[_REF]) for h in self.held]
+        self.held = []
         return out
 
     def to_dict(self) -> list[dict[str, Any]]:
@@ -128,7 +130,7 @@ class ClockGuard:
                 "for": votes_for,
                 "against": votes_against,
             }
-            for event, ref, votes_for, votes_against in self._held
+            for event, ref, votes_for, votes_against in self.held
         ]
 
     def load(self, data: list[dict[str, Any]]) -> None:
@@ -146,4 +148,4 @@ class ClockGuard:
                 held.append([event, item["ref"], int(item["for"]), int(item["against"])])
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"malformed held events of the clock guard: {exc}") from exc
-        self._held = held
+        self.held = held
