@@ -112,9 +112,9 @@ class ReplaySummary:
         }
 
 
-def _clock_text(ts_ms: float) -> str:
+def _clock_ms(ts_ms: float) -> int:
     # The clock is -inf before the first event; the epoch stands in for it.
-    return iso_utc_ms(int(ts_ms) if ts_ms > -math.inf else 0)
+    return int(ts_ms) if ts_ms > -math.inf else 0
 
 
 class Replay:
@@ -157,7 +157,7 @@ class Replay:
         # several monitor calls per line share one clock value, and formatting is not cheap.
         if self._max_ts != self._created_at_ts:
             self._created_at_ts = self._max_ts
-            self._created_at_text = _clock_text(self._max_ts)
+            self._created_at_text = iso_utc_ms(_clock_ms(self._max_ts))
         return self._created_at_text
 
     def process_line(self, raw: bytes, line_no: int) -> None:
@@ -254,7 +254,7 @@ class Replay:
         self, raw: bytes, line_no: int | None, key: str | None, reason: str, error: str
     ) -> None:
         self.summary.dead_letters[reason] += 1
-        clock = int(self._max_ts) if self._max_ts > -math.inf else 0
+        clock = _clock_ms(self._max_ts)
         letter = make_dead_letter(self._source, 0, line_no, key, reason, error, raw, clock)
         self._write("dlq", letter.to_dict())
 
