@@ -99,6 +99,9 @@ class Outcome:
     writes: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     late_clicks: int = 0
     events: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: The join's clock guard took or let go of an event: the clock record (where held
+    #: events live) must be written with this outcome, before its inputs are acked.
+    clock_changed: bool = False
 
 
 class _Partition:
@@ -236,6 +239,7 @@ class JoinRouter:
         join = part.join
         offsets = part.offsets
         out = Outcome(partition)
+        guard_changes = join.guard_changes
         touched: dict[str, list[int]] = {}
         for event in events:
             source = event.source
@@ -274,6 +278,7 @@ class JoinRouter:
             new[index] = event.offset
             touched[uid] = new
         self._writes(part, partition, touched, out)
+        out.clock_changed = join.guard_changes != guard_changes
         return out
 
     def tick(self, partition: int, wall_ms: int) -> Outcome:

@@ -379,3 +379,29 @@ def test_one_far_future_message_is_a_future_ts_dead_letter_with_its_bytes() -> N
     ]
     assert letters[0].payload == events[1].raw
     assert all(fb.label_ts < 3_000_000 for out in outs for fb in out.feedback)
+
+
+def test_a_held_message_survives_a_restart_through_the_clock_record() -> None:
+    router = make_router()
+    router.assign(0, None, [])
+    items = [
+        ("impressions", {"impression_id": f"i{k}", "user_id": "u", "item_id": "x",
+                         "ts": 10_000 + k * 1_000, "score": 0.1})
+        for k in range(5)
+    ]
+    far = {"impression_id": "far", "user_id": "u", "item_id": "x", "ts": 3_000_000, "score": 0.1}
+    events = as_events([*items[:2], ("impressions", far), *items[2:]])
+    table = Table()
+    outs = run(router, events[:3], table)
+    # The outcome that took the far message says so: the runtime writes the clock with it.
+    assert [out.clock_changed for out in outs] == [False, False, True]
+    clock = orjson.loads(orjson.dumps(router.clock_record(0)["clock"]))
+
+    restarted = make_router()
+    restarted.assign(0, clock, list(table.users.values()))
+    rest = run(restarted, events[3:], table)
+    letters = [letter for out in rest for _, letter in out.dead_letters]
+    assert [(d.reason, d.offset, d.payload) for d in letters] == [
+        ("future_ts", events[2].offset, events[2].raw)
+    ]
+    assert rest[-1].clock_changed

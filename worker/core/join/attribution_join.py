@@ -138,6 +138,7 @@ class AttributionJoin:
         "_far",
         "_far_ids",
         "_guard",
+        "_guard_changes",
         "_horizon",
         "_jump_ms",
         "_n_click",
@@ -197,6 +198,7 @@ class AttributionJoin:
         self._tomb_q: deque[list[Any]] = deque()
         self._dirty: set[str] = set()
         self._guard.drain()
+        self._guard_changes = 0
         # Events with ts beyond this go to the clock guard; +inf until the clock has a value.
         self._horizon: float = math.inf
         self._seq = 0
@@ -438,6 +440,7 @@ class AttributionJoin:
         guard = self._guard
         confirmed, rejected = guard.vote(event.ts)
         guard.hold(event, ref)
+        self._guard_changes += 1
         return self._settle(JoinStep.EMPTY, confirmed, rejected, wall_ms)
 
     def _vote(self, ts: int, step: JoinStep, wall_ms: int | None) -> JoinStep:
@@ -457,6 +460,7 @@ class AttributionJoin:
         report rejected ones; outputs in that order after the triggering event's own."""
         if not confirmed and not rejected:
             return step
+        self._guard_changes += 1
         feedback = list(step.feedback)
         orphans = list(step.orphans)
         late = list(step.late_clicks)
@@ -508,6 +512,13 @@ class AttributionJoin:
         return JoinStep(
             step.feedback or None, step.orphans or None, step.late_clicks or None, rejected
         )
+
+    @property
+    def guard_changes(self) -> int:
+        """How many times the set of held events changed (not persisted): a runtime that
+        persists ``export_clock`` less often than users writes it now when this moved, since
+        held events live only there."""
+        return self._guard_changes
 
     @property
     def horizon(self) -> float:
