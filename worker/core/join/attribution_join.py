@@ -504,7 +504,9 @@ class AttributionJoin:
         drops the tombstones, so no state is left. Events still held by the clock guard were
         never confirmed: they come back in ``future``."""
         rejected = self._guard.drain()
-        self._n_future += len(rejected)
+        if rejected:
+            self._n_future += len(rejected)
+            self._guard_changes += 1
         self._clock.finish()
         step = self._advance(None)
         if not rejected:
