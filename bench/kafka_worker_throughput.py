@@ -24,8 +24,8 @@ size (*steady*). At the simulator's 200 impressions/s of event time the steady p
 after ~372k impressions: shorter runs (``--quick``) measure the fill phase only.
 
 Event times are the simulator's (2026-01-01 on): old, so no input is ever ``future_ts`` and the
-wall clock plays no part in the labels; one *flush* impression per partition (stamped W + L +
-5 s after the last event) moves every watermark past every deadline, so every negative
+wall clock plays no part in the labels; a few *flush* impressions per partition (stamped W + L
++ 5 s after the last event) move every watermark past every deadline, so every negative
 matures and the feedback count is exactly the number of impressions. The preload (generate +
 produce) is timed and printed but is not the measured figure.
 
@@ -64,6 +64,7 @@ sys.path.insert(0, str(REPO))
 from bench._common import machine_line  # noqa: E402
 from worker.core.codec.input_decoder import InputDecoder  # noqa: E402
 from worker.localkafka import LocalKafka, TopicSpec, create_topics  # noqa: E402
+from worker.sim.kafka_sink import FLUSH_PER_PARTITION, flush_impressions  # noqa: E402
 from worker.sim.scenario import Scenario  # noqa: E402
 from worker.sim.streamrec import generate  # noqa: E402
 
@@ -138,12 +139,10 @@ async def preload(
         else:
             out.clicks += 1
     flush_ts = max_ts + WINDOW_MS + LATENESS_MS + 5_000
-    flush = []
-    for p in range(partitions):
-        user = f"zz-flush-{p}"
-        obj = {"impression_id": f"flush-{p}", "user_id": user, "item_id": "x", "ts": flush_ts,
-               "score": 0.5}
-        flush.append(("impressions", user.encode(), orjson.dumps(obj), p))
+    # Several per partition: the join's clock guard confirms a jump with three later events.
+    flush = [
+        ("impressions", key, value, p) for p, key, value in flush_impressions(partitions, flush_ts)
+    ]
     out.generate_s = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -516,7 +515,8 @@ async def run(args: argparse.Namespace, bootstrap: str, tmp: Path) -> int:
     total = pre.messages
     print(
         f"input: {pre.impressions:,} impressions + {pre.clicks:,} clicks "
-        f"(CTR {pre.clicks / max(pre.impressions, 1):.1%}) + {args.partitions} flush = "
+        f"(CTR {pre.clicks / max(pre.impressions, 1):.1%}) + "
+        f"{args.partitions * FLUSH_PER_PARTITION} flush = "
         f"{total:,} messages, {pre.bytes / 1e6:.0f} MB, {args.partitions} partition(s); "
         f"broker {'given' if args.bootstrap else 'local Kafka, fresh data dir'}"
     )

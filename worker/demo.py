@@ -8,7 +8,7 @@ What it does, in order:
 3. generates a StreamRec stream (CTR ~ Beta(2, 8), served model over-confident with T = 1.6,
    ~1 % duplicates and orphan clicks, 0.3 % malformed lines, 5 s of arrival reordering) with
    event times starting at the wall clock, and sends it with ``worker.sim.kafka_sink``;
-4. ends the stream with one *flush* impression per partition, stamped past every deadline:
+4. ends the stream with a few *flush* impressions per partition, stamped past every deadline:
    Kafka has no end of stream, and waiting for the idle watermark advance (W + idle timeout
    + lateness of wall time) would take minutes; with the flush every negative matures as soon
    as the worker reaches it, and the result does not depend on timing;
@@ -741,7 +741,7 @@ class Demo:
         )
 
     async def _stream(self, events: list[Any], expected: Expected) -> None:
-        from worker.sim.kafka_sink import send_flush, send_to_kafka
+        from worker.sim.kafka_sink import FLUSH_PER_PARTITION, send_flush, send_to_kafka
 
         assert self.bootstrap is not None and self.worker is not None
         assert self.worker.web_port is not None
@@ -766,17 +766,18 @@ class Demo:
                 (WINDOW_S + LATENESS_S) * 1000 + FLUSH_MARGIN_MS
             )
             await send_flush(self.bootstrap, opts.topic_prefix, opts.partitions, flush_ts)
-            live.produced += opts.partitions
+            n_flush = opts.partitions * FLUSH_PER_PARTITION
+            live.produced += n_flush
             produce_s = self._phase("produce_s", first_send)
             self.result["produced"] = {
                 **sent.to_dict(),
-                "flush_impressions": opts.partitions,
+                "flush_impressions": n_flush,
                 "flush_ts": flush_ts,
             }
             live.say(
                 f"sent {sent.messages:,} messages in {sent.seconds:.1f} s "
                 f"({sent.messages_per_second:,.0f} msg/s, acks=all), then "
-                f"{opts.partitions} flush impressions ({produce_s:.1f} s in all); "
+                f"{n_flush} flush impressions ({produce_s:.1f} s in all); "
                 "waiting for the worker"
             )
             # A stall bound, not a total one: a long stream may take minutes on a slow
@@ -1078,8 +1079,8 @@ def format_report(rep: dict[str, Any]) -> str:
         )
     lines.append(
         f"join          W = {settings['window_s']} s, lateness {settings['allowed_lateness_s']} s,"
-        f" {settings['partitions']} partitions; negatives matured by one flush impression "
-        "per partition"
+        f" {settings['partitions']} partitions; negatives matured by flush impressions "
+        "at the end of each partition"
     )
     produced = rep.get("produced")
     if produced:

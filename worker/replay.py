@@ -36,10 +36,9 @@ from worker.core.pipeline import (
     Outputs,
     Pipeline,
     PipelineConfig,
-    iso_utc_ms,
 )
 from worker.core.policy import PolicyConfig
-from worker.core.records.dead_letter import DeadLetter
+from worker.core.records.dead_letter import make_dead_letter, unpack_ref
 from worker.core.records.impression import Impression
 
 OUTPUT_FILES = (
@@ -65,6 +64,9 @@ class ReplayConfig:
     # The policy's other knobs; ``recalibrate_every`` above always wins over the one in here.
     policy: PolicyConfig | None = None
     monitor: MonitorConfig | None = None
+    # The join's clock guard: None means one attribution window.
+    max_clock_jump_ms: int | None = None
+    clock_confirmations: int = 3
 
     def policy_config(self) -> PolicyConfig:
         base = self.policy if self.policy is not None else PolicyConfig()
@@ -74,6 +76,8 @@ class ReplayConfig:
         return PipelineConfig(
             window_ms=self.window_ms,
             allowed_lateness_ms=self.allowed_lateness_ms,
+            max_clock_jump_ms=self.max_clock_jump_ms,
+            clock_confirmations=self.clock_confirmations,
             monitor=self.monitor if self.monitor is not None else MonitorConfig(),
             policy=self.policy_config(),
         )
@@ -194,18 +198,11 @@ class Replay:
         summary.feedback_positive += positives
         summary.feedback_negative += len(out.feedback) - positives
         for rejection in out.dead_letters:
-            line_no, raw = rejection.ref
+            line_no, raw = unpack_ref(rejection.ref, {})
             summary.dead_letters[rejection.reason] += 1
-            letter = DeadLetter(
-                source_topic=self._source,
-                partition=0,
-                offset=line_no,
-                key=rejection.key,
-                reason=rejection.reason,
-                error=rejection.error,
-                payload=raw,
-                received_at=iso_utc_ms(rejection.clock_ms),
-            )
+            clock = 0 if rejection.clock_ms == float("-inf") else int(rejection.clock_ms)
+            letter = make_dead_letter(self._source, 0, line_no, rejection.key, rejection.reason,
+                                      rejection.error, raw, clock)
             write("dlq", letter.to_dict())
         for msg in out.calibrators:
             summary.calibrators[msg["scope"].split(":", 1)[0]] += 1
@@ -220,6 +217,9 @@ class Replay:
         for snapshot in out.posteriors:
             summary.posterior_snapshots += 1
             write("posteriors", snapshot)
+
+
+_BOM = b"\xef\xbb\xbf"
 
 
 def _key_of(raw: bytes) -> str | None:
@@ -274,10 +274,13 @@ def run_replay(
         ) as handle:
             for line_no, line in enumerate(handle):
                 read_bytes += len(line)
-                raw = line.rstrip(b"\r\n")
-                if not raw.strip():
-                    continue
-                replay.process_line(raw, line_no)
+                if line_no == 0 and line.startswith(_BOM):
+                    # A UTF-8 byte order mark (editors on Windows write one) is not part of
+                    # line 1.
+                    line = line[len(_BOM):]
+                # Whitespace-only lines are not skipped: the decoder dead-letters them
+                # ("empty"), so every line of the input is accounted for.
+                replay.process_line(line.rstrip(b"\r\n"), line_no)
                 if (line_no & 0x3FFF) == 0:
                     meter.show(read_bytes, line_no + 1)
         summary = replay.finish()

@@ -6,8 +6,9 @@ impression, late clicks, orphan clicks and one or more malformed messages of eve
 Events are keyed by user_id and produced in one "replay file" order.
 
 End of input: Kafka has no end-of-stream, so the worker's watermark never becomes +inf. The
-test appends one *flush* impression per partition (sentinel user, ts = max ts + W + L + 5 s)
-which moves every partition's watermark past all deadlines, so every negative matures and
+test appends four *flush* impressions per partition (sentinel user, ts = max ts + W + L + 5 s;
+four because the join's clock guard wants three events to confirm such a jump) which move
+every partition's watermark past all deadlines, so every negative matures and
 every orphan is dead-lettered; the flush impressions themselves stay pending and are never
 expected as feedback. Event times start 5 minutes in the future, so the idle watermark
 advance (which follows the wall clock) can never overtake them during the test: the outputs
@@ -180,15 +181,21 @@ def _malformed(
     return out
 
 
+#: Flush impressions per partition: the join's clock guard holds one event that jumps the
+#: clock by more than W until three later ones confirm the jump.
+FLUSH_PER_PARTITION = 4
+
+
 def flush_lines(partitions: int, max_ts: int) -> list[Line]:
-    """One impression per partition far beyond everything: matures all labels and orphans."""
+    """Impressions per partition far beyond everything: mature all labels and orphans."""
     ts = max_ts + WINDOW_MS + LATENESS_MS + 5_000
     out = []
     for p in range(partitions):
         user = f"{FLUSH_USER}-{p}"
-        obj = {"impression_id": f"flush-{p}", "user_id": user, "item_id": "x", "ts": ts,
-               "score": 0.5}
-        out.append(Line("impressions", user.encode(), orjson.dumps(obj), obj, None, p))
+        for k in range(FLUSH_PER_PARTITION):
+            obj = {"impression_id": f"flush-{p}-{k}", "user_id": user, "item_id": "x",
+                   "ts": ts + k, "score": 0.5}
+            out.append(Line("impressions", user.encode(), orjson.dumps(obj), obj, None, p))
     return out
 
 

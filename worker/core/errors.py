@@ -2,8 +2,11 @@
 
 Every error the project raises on purpose derives from ``RecalError``. Bad input raises
 ``InvalidInputError`` with a short ``reason`` code (the dead-letter reason) and a human
-message of the form "score must be a finite number in [0, 1]; got nan". Runtimes turn it
-into a dead letter; anything else is a bug and crashes loudly so the worker restarts.
+message of the form "score must be a finite number in [0, 1]; got nan"; only the decoder
+raises it, and runtimes turn it into a dead letter. ``StateError`` is the opposite: persisted
+state that cannot be read, or an internal invariant that does not hold. It is not a
+``ValueError``, so no ``except InvalidInputError``/``except ValueError`` dead-letters it by
+accident: it crashes loudly, like any other bug, so the worker restarts.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ class InvalidInputError(RecalError, ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class StateError(RecalError):
+    """Unreadable state (a malformed ``from_dict`` input) or a broken internal invariant.
+
+    >>> isinstance(StateError("malformed sketch state: bins must be unique"), ValueError)
+    False
+    """
 
 
 class ConfigError(RecalError, ValueError):

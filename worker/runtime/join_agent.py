@@ -246,7 +246,13 @@ class JoinRuntime:
             futures.append(
                 await produce(self.names.dlq, key, orjson.dumps(letter.to_dict()), None)
             )
-        await self.pipeline.put(_Step(outcome, events, futures))
+        clock = None
+        if outcome.clock_changed:
+            # Held events live only in the clock record: written with this step (after its
+            # user records, before its acks), or a crash could lose them.
+            clock = self.router.clock_record(partition)
+            self._clock_written[partition] = (now_ms(), clock)
+        await self.pipeline.put(_Step(outcome, events, futures, clock))
 
     async def _persist_pipeline(self) -> None:
         """Finish queued steps in order: outputs delivered -> state written -> inputs acked.

@@ -20,22 +20,25 @@ This module does no maths: the decoder validates, the join labels.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
-
-import orjson
 
 from worker.core.codec.input_decoder import InputDecoder
 from worker.core.errors import InvalidInputError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.join.join_step import JoinStep
 from worker.core.records.click import Click
-from worker.core.records.dead_letter import DeadLetter
+from worker.core.records.dead_letter import (
+    DLQ_MAX_PAYLOAD_BYTES,
+    DeadLetter,
+    event_ref,
+    future_ts_error,
+    make_dead_letter,
+    orphan_click_error,
+    unpack_ref,
+)
 from worker.core.records.feedback import Feedback
 from worker.core.records.impression import Impression
 from worker.runtime.merge import BacklogProbe, EventTimeMerger, InputEvent, _unknown
@@ -44,24 +47,6 @@ from worker.runtime.topics import TopicNames
 from worker.settings import Settings
 
 _SOURCE_INDEX = {"impressions": 0, "clicks": 1}
-#: Largest original payload kept whole in a dead letter. Base64 grows it by 4/3 and Kafka's
-#: default message limit is 1 MB: a bigger dead letter would be refused by the broker and
-#: crash the worker on every restart. A longer payload is cut here (the error says so); the
-#: dead letter's topic/partition/offset still point at the original message.
-DLQ_MAX_PAYLOAD_BYTES = 256 * 1024
-
-
-def iso_utc(wall_ms: int) -> str:
-    """Wall-clock milliseconds as ISO 8601 UTC (``received_at`` of dead letters).
-
-    >>> iso_utc(0)
-    '1970-01-01T00:00:00.000Z'
-    """
-    return (
-        datetime.fromtimestamp(wall_ms / 1000, tz=timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
 
 
 def key_text(key: bytes | None) -> str | None:
@@ -82,6 +67,9 @@ class RouterConfig:
     max_future_ms: int = 3_600_000
     merge_max_wait_ms: int = 1_000
     merge_max_backlog_wait_ms: int = 30_000
+    # The join's clock guard (None: the window); not in Settings yet.
+    max_clock_jump_ms: int | None = None
+    clock_confirmations: int = 3
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RouterConfig:
@@ -111,6 +99,9 @@ class Outcome:
     writes: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     late_clicks: int = 0
     events: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: The join's clock guard took or let go of an event: the clock record (where held
+    #: events live) must be written with this outcome, before its inputs are acked.
+    clock_changed: bool = False
 
 
 class _Partition:
@@ -163,6 +154,10 @@ class JoinRouter:
             window_ms=cfg.window_ms,
             allowed_lateness_ms=cfg.allowed_lateness_ms,
             idle_timeout_ms=cfg.idle_timeout_ms,
+            max_clock_jump_ms=(
+                cfg.window_ms if cfg.max_clock_jump_ms is None else cfg.max_clock_jump_ms
+            ),
+            clock_confirmations=cfg.clock_confirmations,
         )
         records = list(records)
         join.restore(clock, (record["s"] for record in records))
@@ -244,6 +239,7 @@ class JoinRouter:
         join = part.join
         offsets = part.offsets
         out = Outcome(partition)
+        guard_changes = join.guard_changes
         touched: dict[str, list[int]] = {}
         for event in events:
             source = event.source
@@ -263,10 +259,13 @@ class JoinRouter:
                 continue
             try:
                 if isinstance(obj, Impression):
-                    step = join.add_impression(obj, wall_ms=wall_ms)
+                    step = join.add_impression(
+                        obj, wall_ms=wall_ms, ref=event_ref(event.offset, event.raw)
+                    )
                 else:
-                    ref = [event.offset, base64.b64encode(event.raw).decode("ascii")]
-                    step = join.add_click(obj, ref=ref, wall_ms=wall_ms)
+                    step = join.add_click(
+                        obj, ref=event_ref(event.offset, event.raw), wall_ms=wall_ms
+                    )
             except InvalidInputError as exc:  # late_impression: the join keeps no trace
                 out.events[(source, "dead_letter")] += 1
                 out.dead_letters.append(
@@ -279,6 +278,7 @@ class JoinRouter:
             new[index] = event.offset
             touched[uid] = new
         self._writes(part, partition, touched, out)
+        out.clock_changed = join.guard_changes != guard_changes
         return out
 
     def tick(self, partition: int, wall_ms: int) -> Outcome:
@@ -297,21 +297,32 @@ class JoinRouter:
         out.feedback.extend(step.feedback)
         out.late_clicks += len(step.late_clicks)
         for click, ref in step.orphans:
-            offset, payload = _unpack_ref(ref, click)
-            letter = DeadLetter(
-                source_topic=self._names.clicks,
-                partition=partition,
-                offset=offset,
-                key=click.user_id,
-                reason="orphan_click",
-                error=(
-                    f"click for impression {click.impression_id!r} of user {click.user_id!r} "
-                    "found no impression within the attribution window"
-                ),
-                payload=payload,
-                received_at=iso_utc(wall_ms),
+            letter = self._returned_letter(
+                partition, click, ref, "orphan_click", orphan_click_error(click), wall_ms
             )
             out.dead_letters.append((click.user_id.encode("utf-8"), letter))
+        for held, ref in step.future:
+            letter = self._returned_letter(
+                partition, held, ref, "future_ts", future_ts_error(held), wall_ms
+            )
+            out.dead_letters.append((held.user_id.encode("utf-8"), letter))
+
+    def _returned_letter(
+        self,
+        partition: int,
+        event: Impression | Click,
+        ref: object,
+        reason: str,
+        error: str,
+        wall_ms: int,
+    ) -> DeadLetter:
+        # An event the join handed back with the ref given to it: its original message.
+        offset, payload = unpack_ref(ref, event.to_dict())
+        topic = self._names.impressions if isinstance(event, Impression) else self._names.clicks
+        return make_dead_letter(
+            topic, partition, offset, event.user_id, reason, error, payload, wall_ms,
+            DLQ_MAX_PAYLOAD_BYTES,
+        )
 
     def _writes(
         self, part: _Partition, partition: int, touched: dict[str, list[int]], out: Outcome
@@ -338,33 +349,14 @@ class JoinRouter:
     def _letter(
         self, event: InputEvent, key: str | None, reason: str, error: str, wall_ms: int
     ) -> DeadLetter:
-        payload = event.raw
-        if len(payload) > DLQ_MAX_PAYLOAD_BYTES:
-            error = (
-                f"{error} [payload cut to its first {DLQ_MAX_PAYLOAD_BYTES} of {len(payload)} "
-                "bytes; the original is at source_topic/partition/offset]"
-            )
-            payload = payload[:DLQ_MAX_PAYLOAD_BYTES]
-        return DeadLetter(
-            source_topic=event.topic,
-            partition=event.partition,
-            offset=event.offset,
-            key=key,
-            reason=reason,
-            error=error,
-            payload=payload,
-            received_at=iso_utc(wall_ms),
+        return make_dead_letter(
+            event.topic,
+            event.partition,
+            event.offset,
+            key,
+            reason,
+            error,
+            event.raw,
+            wall_ms,
+            DLQ_MAX_PAYLOAD_BYTES,
         )
-
-
-def _unpack_ref(ref: object, click: Click) -> tuple[int | None, bytes]:
-    """(offset, original payload) from an orphan's ref; tolerant of a foreign ref shape,
-    because a dead letter must never be dropped."""
-    if isinstance(ref, list) and len(ref) == 2 and isinstance(ref[1], str):
-        try:
-            payload = base64.b64decode(ref[1], validate=True)
-        except (binascii.Error, ValueError):
-            payload = None
-        if payload is not None:
-            return (ref[0] if isinstance(ref[0], int) else None), payload
-    return None, orjson.dumps(click.to_dict())

@@ -48,6 +48,9 @@ _PROGRESS_EVERY = 1_000
 _MAX_REQUEST_SIZE = 1_048_576
 #: Key prefix of the flush impressions (sorts after the generator's ``u<n>`` users).
 FLUSH_USER_PREFIX = "~flush-"
+#: Sentinel impressions per partition: the worker's join holds an event that jumps the clock
+#: by more than the window until three later events confirm the jump (its clock guard).
+FLUSH_PER_PARTITION = 4
 
 
 class KafkaSinkError(RecalError):
@@ -100,22 +103,25 @@ def topic_names(topic_prefix: str) -> dict[str, str]:
 
 
 def flush_impressions(partitions: int, ts_ms: int) -> list[tuple[int, bytes, bytes]]:
-    """One sentinel impression per partition as (partition, key, value), stamped ``ts_ms``.
+    """``FLUSH_PER_PARTITION`` sentinel impressions per partition as (partition, key, value),
+    stamped ``ts_ms``, ``ts_ms + 1``, ...
 
     Kafka has no end of stream, so an input partition's watermark stays where its last event
-    left it. A flush impression stamped beyond every deadline (max ts + window + lateness)
-    moves each partition's watermark past all of them: every negative matures and every
-    orphan click is dead-lettered. The sentinels themselves stay pending (no feedback).
+    left it. Flush impressions stamped beyond every deadline (max ts + window + lateness)
+    move each partition's watermark past all of them: every negative matures and every
+    orphan click is dead-lettered. Several, because one event that far ahead is held by the
+    join's clock guard until later ones confirm the jump. The sentinels stay pending.
 
-    >>> [(p, k) for p, k, _ in flush_impressions(2, 5)]
-    [(0, b'~flush-0'), (1, b'~flush-1')]
+    >>> [(p, k, orjson.loads(v)["ts"]) for p, k, v in flush_impressions(2, 5)][3:5]
+    [(0, b'~flush-0', 8), (1, b'~flush-1', 5)]
     """
     out = []
     for p in range(partitions):
         user = f"{FLUSH_USER_PREFIX}{p}"
-        obj = {"impression_id": f"flush-{p}", "user_id": user, "item_id": "flush", "ts": ts_ms,
-               "score": 0.5}
-        out.append((p, user.encode("utf-8"), orjson.dumps(obj)))
+        for k in range(FLUSH_PER_PARTITION):
+            obj = {"impression_id": f"flush-{p}-{k}", "user_id": user, "item_id": "flush",
+                   "ts": ts_ms + k, "score": 0.5}
+            out.append((p, user.encode("utf-8"), orjson.dumps(obj)))
     return out
 
 

@@ -11,8 +11,9 @@ import orjson
 import pytest
 
 from worker.core.records.feedback import Feedback
+from worker.core.records.timefmt import iso_utc_ms
 from worker.replay import Replay, ReplayConfig
-from worker.runtime.join_router import JoinRouter, Outcome, RouterConfig, iso_utc
+from worker.runtime.join_router import JoinRouter, Outcome, RouterConfig
 from worker.runtime.merge import InputEvent
 from worker.runtime.state import group_user_records
 from worker.runtime.topics import TopicNames
@@ -137,8 +138,13 @@ def test_agrees_with_replay_on_the_same_sequence(seed: int) -> None:
     assert orphans, "the stream must exercise orphan clicks"
 
 
+# One flush event that jumps the clock by many windows: the clock guard would hold it, so
+# these tests about what a jump does turn the guard's bound up out of the way.
+NO_GUARD = 2**53
+
+
 def test_orphan_dead_letter_carries_the_original_message() -> None:
-    router = make_router()
+    router = make_router(max_clock_jump_ms=NO_GUARD)
     router.assign(3, None, [])
     raw = b'{"user_id": "u1", "impression_id": "ghost", "ts": 1000, "extra": true}'
     router.offer(InputEvent("clicks", "clk", 3, 41, b"u1", raw, 0))
@@ -150,7 +156,7 @@ def test_orphan_dead_letter_carries_the_original_message() -> None:
     assert key == b"u1"
     assert (letter.source_topic, letter.partition, letter.offset, letter.key, letter.reason) == (
         "clk", 3, 41, "u1", "orphan_click")
-    assert letter.payload == raw and letter.received_at == iso_utc(5_000)
+    assert letter.payload == raw and letter.received_at == iso_utc_ms(5_000)
 
 
 @pytest.mark.parametrize("seed", [4, 5, 6, 7])
@@ -244,7 +250,7 @@ def test_dead_letters_for_undecodable_input() -> None:
     for (key, letter), (orig_key, raw, _) in zip(out.dead_letters, cases, strict=True):
         assert key == orig_key
         assert letter.payload == raw and letter.source_topic == "imp"
-        assert letter.partition == 1 and letter.received_at == iso_utc(2_000)
+        assert letter.partition == 1 and letter.received_at == iso_utc_ms(2_000)
     assert out.dead_letters[-1][1].key == "\\xff\\xfe"
     assert out.dead_letters[-2][1].key is None and "no key" in out.dead_letters[-2][1].error
     assert out.events == Counter({("impressions", "dead_letter"): len(cases)})
@@ -317,7 +323,7 @@ def test_records_carry_partition_offsets_and_the_join_state() -> None:
 
 
 def test_user_without_state_left_gets_its_record_deleted() -> None:
-    router = make_router()
+    router = make_router(max_clock_jump_ms=NO_GUARD)
     router.assign(0, None, [])
     imp = {"impression_id": "a", "user_id": "u", "item_id": "x", "ts": 1, "score": 0.1}
     later = {"impression_id": "b", "user_id": "v", "item_id": "x", "ts": 10 * W, "score": 0.1}
@@ -353,3 +359,49 @@ def test_assign_keeps_buffered_messages_and_revoke_returns_them() -> None:
     assert len(router.revoke(0)) == 1 and router.partitions == frozenset()
     with pytest.raises(KeyError):
         router.offer(as_events([("impressions", imp)])[0])
+
+
+def test_one_far_future_message_is_a_future_ts_dead_letter_with_its_bytes() -> None:
+    router = make_router()
+    router.assign(0, None, [])
+    items = [
+        ("impressions", {"impression_id": f"i{k}", "user_id": "u", "item_id": "x",
+                         "ts": 10_000 + k * 1_000, "score": 0.1})
+        for k in range(5)
+    ]
+    # Inside the decoder's wall-clock future bound (3,600 s), far ahead in event time.
+    far = {"impression_id": "far", "user_id": "u", "item_id": "x", "ts": 3_000_000, "score": 0.1}
+    events = as_events([*items[:1], ("impressions", far), *items[1:]])
+    outs = run(router, events)
+    letters = [letter for out in outs for _, letter in out.dead_letters]
+    assert [(d.reason, d.offset, d.source_topic) for d in letters] == [
+        ("future_ts", events[1].offset, events[1].topic)
+    ]
+    assert letters[0].payload == events[1].raw
+    assert all(fb.label_ts < 3_000_000 for out in outs for fb in out.feedback)
+
+
+def test_a_held_message_survives_a_restart_through_the_clock_record() -> None:
+    router = make_router()
+    router.assign(0, None, [])
+    items = [
+        ("impressions", {"impression_id": f"i{k}", "user_id": "u", "item_id": "x",
+                         "ts": 10_000 + k * 1_000, "score": 0.1})
+        for k in range(5)
+    ]
+    far = {"impression_id": "far", "user_id": "u", "item_id": "x", "ts": 3_000_000, "score": 0.1}
+    events = as_events([*items[:2], ("impressions", far), *items[2:]])
+    table = Table()
+    outs = run(router, events[:3], table)
+    # The outcome that took the far message says so: the runtime writes the clock with it.
+    assert [out.clock_changed for out in outs] == [False, False, True]
+    clock = orjson.loads(orjson.dumps(router.clock_record(0)["clock"]))
+
+    restarted = make_router()
+    restarted.assign(0, clock, list(table.users.values()))
+    rest = run(restarted, events[3:], table)
+    letters = [letter for out in rest for _, letter in out.dead_letters]
+    assert [(d.reason, d.offset, d.payload) for d in letters] == [
+        ("future_ts", events[2].offset, events[2].raw)
+    ]
+    assert rest[-1].clock_changed

@@ -5,7 +5,6 @@ from worker.core.alerts.alert_lifecycle import (
     SEVERITIES,
     AlertLifecycle,
     fingerprint,
-    iso_utc,
 )
 
-__all__ = ["KINDS", "SEVERITIES", "AlertLifecycle", "fingerprint", "iso_utc"]
+__all__ = ["KINDS", "SEVERITIES", "AlertLifecycle", "fingerprint"]

@@ -7,12 +7,12 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
 from numbers import Integral, Real
 from typing import Any
 
 from worker.core.checks import timestamp
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
+from worker.core.records.timefmt import iso_utc_ms
 
 KINDS = (
     "calibration_drift",
@@ -27,9 +27,8 @@ _SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 _PARAMS = ("for_events", "for_ms", "resolve_events", "resolve_ms")
 _SCOPE = re.compile(r"^(global|segment:.+|user:.+)$", re.DOTALL)
 _ISO_UTC = re.compile(
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|\+00:00)$"
+    r"^([0-9]{4}|[+-][0-9]{6,})-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|\+00:00)$"
 )
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # The key of the lifecycle facts this class adds to ``details``; callers may not use it.
 LIFECYCLE_KEY = "lifecycle"
 
@@ -50,16 +49,6 @@ def fingerprint(kind: str, model_id: str, scope: str) -> str:
     '8e0c00a47b2f89b4'
     """
     return hashlib.sha256(f"{kind}|{model_id}|{scope}".encode()).hexdigest()[:16]
-
-
-def iso_utc(ts_ms: int) -> str:
-    """Epoch milliseconds as ISO 8601 UTC with milliseconds (pure: no clock is read).
-
-    >>> iso_utc(1_700_000_000_123)
-    '2023-11-14T22:13:20.123Z'
-    """
-    dt = _EPOCH + timedelta(milliseconds=ts_ms)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ts_ms % 1000:03d}Z"
 
 
 class _Series:
@@ -295,7 +284,7 @@ class AlertLifecycle:
             "model_id": series.model_id,
             "scope": series.scope,
             "event_ts": obs.ts,
-            "starts_at": iso_utc(obs.ts),
+            "starts_at": iso_utc_ms(obs.ts),
             "ends_at": None,
             "created_at": obs.created_at,
             "value": obs.value,
@@ -330,7 +319,7 @@ class AlertLifecycle:
         out.update(
             status="resolved",
             event_ts=obs.ts,
-            ends_at=iso_utc(obs.ts),
+            ends_at=iso_utc_ms(obs.ts),
             created_at=obs.created_at,
             value=obs.value,
             threshold=obs.threshold,
@@ -397,7 +386,7 @@ class AlertLifecycle:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AlertLifecycle:
-        """Inverse of ``to_dict``; a malformed dict raises ``InvalidInputError("schema", ...)``."""
+        """Inverse of ``to_dict``; a malformed dict raises ``StateError``."""
         try:
             if data.get("v") != 1:
                 raise ValueError(f"unsupported alert state version {data.get('v')!r}")
@@ -409,9 +398,7 @@ class AlertLifecycle:
                 out._series[fp] = series
             return out
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError("schema", f"malformed alert state: {exc}") from exc
+            raise StateError(f"malformed alert state: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"AlertLifecycle(series={len(self._series)}, firing={len(self.firing())})"
@@ -452,7 +439,7 @@ def _annotations(
         )
     else:
         desc = (
-            f"{rec['kind']} resolved at {iso_utc(resolved_ts)} (event time) after firing "
+            f"{rec['kind']} resolved at {iso_utc_ms(resolved_ts)} (event time) after firing "
             f"since {rec['starts_at']}: value {_fmt(obs.value)}, threshold "
             f"{_fmt(obs.threshold)}."
         )

@@ -38,6 +38,14 @@ _MAX_ID_CHARS = 128
 # 2^53 - 1: the largest integer every JSON implementation (and a float64) holds exactly. It
 # also keeps ts + window arithmetic far from int64 overflow in numpy and Kafka.
 _MAX_INT = 9_007_199_254_740_991
+# 9999-12-31T23:59:59.999Z. ``ts`` up to 2^53 - 1 was accepted before, but every output
+# carries ``ts + W`` (label_ts, event_ts, created_at), which then passed 2^53 - 1 and was
+# refused downstream, crashing the worker on a schema-valid input. Year 9999 leaves ts + W
+# exact for any window shorter than ~277,000 years; no real event is stamped later.
+_MAX_TS = 253_402_300_799_999
+# The posterior store's population key (DESIGN §3: posterior snapshots use "*" for an arm's
+# population posterior): a user with that id would collide with it.
+_RESERVED_USER_ID = "*"
 _P_LO = 1e-6
 _P_HI = 1.0 - 1e-6
 _MISSING: Any = object()
@@ -82,8 +90,15 @@ def _bad_id(name: str, value: object) -> InvalidInputError:
     )
 
 
-def _bad_int(name: str, value: object) -> InvalidInputError:
-    return _schema_error(f"{name} must be an integer in [0, {_MAX_INT}]; got {_show(value)}")
+def _bad_int(name: str, value: object, maximum: int = _MAX_INT) -> InvalidInputError:
+    return _schema_error(f"{name} must be an integer in [0, {maximum}]; got {_show(value)}")
+
+
+def _user_id(obj: dict[str, Any]) -> str:
+    value = _id(obj, "user_id")
+    if value == _RESERVED_USER_ID:
+        raise _schema_error(f"user_id {_RESERVED_USER_ID!r} is reserved (population posteriors)")
+    return value
 
 
 def _is_number(value: object) -> bool:
@@ -120,21 +135,21 @@ def _optional_id(obj: dict[str, Any], name: str, default: Any) -> Any:
     raise _bad_id(name, value)
 
 
-def _uint(name: str, value: Any) -> int:
+def _uint(name: str, value: Any, maximum: int = _MAX_INT) -> int:
     t = type(value)
     if t is int:
-        if 0 <= value <= _MAX_INT:
+        if 0 <= value <= maximum:
             return value
-        raise _bad_int(name, value)
+        raise _bad_int(name, value, maximum)
     # JSON Schema's "integer" is a mathematical integer: 1000.0 qualifies, 1.5 does not.
     # The range test comes before float(), which would overflow on a huge int.
     if (
         (t is float or (isinstance(value, (int, float)) and not isinstance(value, bool)))
-        and 0 <= value <= _MAX_INT
+        and 0 <= value <= maximum
         and float(value).is_integer()
     ):
         return int(value)
-    raise _bad_int(name, value)
+    raise _bad_int(name, value, maximum)
 
 
 def _logit_of_score(score: float) -> float:
@@ -215,12 +230,12 @@ def _impression_fields(obj: object) -> tuple[Any, ...]:
     if not isinstance(obj, dict):
         raise _not_object(obj)
     impression_id = _id(obj, "impression_id")
-    user_id = _id(obj, "user_id")
+    user_id = _user_id(obj)
     item_id = _id(obj, "item_id")
     ts = obj.get("ts", _MISSING)
     if ts is _MISSING:
         raise _missing("ts")
-    ts = _uint("ts", ts)
+    ts = _uint("ts", ts, _MAX_TS)
     model_id = _optional_id(obj, "model_id", _DEFAULT)
     segment = _optional_id(obj, "segment", _DEFAULT)
     arm = _optional_id(obj, "arm", None)
@@ -244,11 +259,12 @@ class InputDecoder:
     """Turns raw input messages into validated ``Impression`` and ``Click`` records.
 
     Every rejection raises ``InvalidInputError`` whose ``reason`` is the dead-letter code:
-    ``too_large`` (more than ``max_message_bytes``, checked before parsing), ``invalid_json``
-    (not JSON, or not a JSON object), ``schema`` (a field missing or of the wrong type or
-    length), ``score_range`` (score outside [0, 1] or a non-finite logit), ``key_mismatch``
-    (the Kafka key is not the ``user_id``) and ``future_ts`` (``ts`` more than
-    ``max_future_ms`` after ``now_ms``). The key and clock checks run only when ``key`` /
+    ``too_large`` (more than ``max_message_bytes``, checked before parsing), ``empty`` (no
+    bytes, or whitespace only), ``invalid_json`` (not JSON, or not a JSON object), ``schema``
+    (a field missing or of the wrong type or length, ``ts`` after year 9999, or the reserved
+    ``user_id`` ``"*"``), ``score_range`` (score outside [0, 1] or a non-finite logit),
+    ``key_mismatch`` (the Kafka key is not the ``user_id``) and ``future_ts`` (``ts`` more
+    than ``max_future_ms`` after ``now_ms``). The key and clock checks run only when ``key`` /
     ``now_ms`` are given.
 
     Impressions always come out with both ``score`` and ``logit``. When only a score is
@@ -337,6 +353,10 @@ class InputDecoder:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as err:
+            if not raw.strip():
+                # Its own reason: a blank line in a file or an empty message is a
+                # framing problem upstream, not a malformed event.
+                raise InvalidInputError("empty", "message is empty or whitespace only") from None
             raise InvalidInputError("invalid_json", f"message is not valid JSON: {err}") from None
 
     # -- parsed objects ------------------------------------------------------------------
@@ -389,11 +409,12 @@ class InputDecoder:
                     and type(user_id) is str
                     and user_id
                     and len(user_id) <= _MAX_ID_CHARS
+                    and user_id != _RESERVED_USER_ID
                     and type(item_id) is str
                     and item_id
                     and len(item_id) <= _MAX_ID_CHARS
                     and type(ts) is int
-                    and 0 <= ts <= _MAX_INT
+                    and 0 <= ts <= _MAX_TS
                     and type(model_id) is str
                     and model_id
                     and len(model_id) <= _MAX_ID_CHARS
@@ -471,12 +492,12 @@ class InputDecoder:
         if type(obj) is not dict and not isinstance(obj, dict):
             raise _not_object(obj)
         impression_id = _id(obj, "impression_id")
-        user_id = _id(obj, "user_id")
+        user_id = _user_id(obj)
         ts = obj.get("ts", _MISSING)
-        if type(ts) is not int or not 0 <= ts <= _MAX_INT:
+        if type(ts) is not int or not 0 <= ts <= _MAX_TS:
             if ts is _MISSING:
                 raise _missing("ts")
-            ts = _uint("ts", ts)
+            ts = _uint("ts", ts, _MAX_TS)
         item_id = _optional_id(obj, "item_id", None)
         if key is not None:
             _check_key(key, user_id)

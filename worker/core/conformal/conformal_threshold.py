@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from worker.core.conformal import _checks
-from worker.core.errors import InvalidInputError
+from worker.core.errors import InvalidInputError, StateError
 
 # With weights, (W + 1)(1 − α) is compared with float cumulative sums: relative slack far
 # below one unit of weight absorbs rounding that would push the quantile one rank up.
@@ -194,15 +194,13 @@ class ConformalThreshold:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ConformalThreshold:
-        """Inverse of ``to_dict``; a malformed dict raises ``InvalidInputError("schema", ...)``."""
+        """Inverse of ``to_dict``; a malformed dict raises ``StateError``."""
         try:
             if data.get("v") != 1:
                 raise ValueError(f"unsupported conformal state version {data.get('v')!r}")
             return cls(data["alpha"], data["qhat"], data["n"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError("schema", f"malformed conformal state: {exc}") from exc
+            raise StateError(f"malformed conformal state: {exc}") from exc
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ConformalThreshold):

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from worker.core.conformal import _checks
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 
 # Weighted sums, in this order: weight, weight², covered, uncertain ({0, 1}), empty, then
 # weight and covered per label. Per-label sums are kept directly rather than as differences
@@ -240,7 +240,7 @@ class CoverageTracker:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CoverageTracker:
-        """Inverse of ``to_dict``; a malformed dict raises ``InvalidInputError("schema", ...)``."""
+        """Inverse of ``to_dict``; a malformed dict raises ``StateError``."""
         try:
             if data.get("v") != 1:
                 raise ValueError(f"unsupported coverage state version {data.get('v')!r}")
@@ -257,9 +257,7 @@ class CoverageTracker:
             out._ref_ts = None if ref is None else _checks.timestamp("ref_ts", ref)
             return out
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError("schema", f"malformed coverage state: {exc}") from exc
+            raise StateError(f"malformed coverage state: {exc}") from exc
 
     def __repr__(self) -> str:
         return (

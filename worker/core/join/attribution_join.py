@@ -9,7 +9,8 @@ from heapq import heapify, heappop, heappush
 from operator import itemgetter
 from typing import Any
 
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import InvalidInputError, StateError
+from worker.core.join.clock_guard import ClockGuard
 from worker.core.join.join_stats import JoinStats
 from worker.core.join.join_step import JoinStep
 from worker.core.join.watermark import Watermark, _check_ms
@@ -93,6 +94,13 @@ class AttributionJoin:
     - Outputs of one call: first what the event itself produced, then what the watermark
       advance finalized, in (deadline, arrival sequence) order; the same input order gives
       the same outputs (replay is deterministic).
+    - With ``max_clock_jump_ms`` set (the runtimes set it, default W), one event cannot move
+      the clock: an event with ``ts`` more than that beyond the max ts (``horizon``) is held
+      by a ``ClockGuard`` until ``clock_confirmations`` later events corroborate the jump
+      (then it is applied, with any held event the jump brings within reach, and returned in
+      ``released``) or as many refute it (returned in ``future`` with its ``ref``: a
+      ``future_ts`` dead letter). ``finish()`` returns the still undecided ones in
+      ``future``. None (the default) keeps the unguarded clock.
     - ``finish()`` moves the watermark to +inf: every pending impression becomes a
       negative, every waiting click an orphan, and the tombstones are dropped, so no state
       is left. Events after ``finish()`` are late (impressions raise, clicks are orphans).
@@ -129,9 +137,14 @@ class AttributionJoin:
         "_dirty",
         "_far",
         "_far_ids",
+        "_guard",
+        "_guard_changes",
+        "_horizon",
+        "_jump_ms",
         "_n_click",
         "_n_dup_click",
         "_n_dup_imp",
+        "_n_future",
         "_n_imp",
         "_n_late_click",
         "_n_late_imp",
@@ -156,9 +169,15 @@ class AttributionJoin:
         allowed_lateness_ms: int = 60_000,
         idle_timeout_ms: int = 30_000,
         tombstone_retention_ms: int | None = None,
+        max_clock_jump_ms: int | None = None,
+        clock_confirmations: int = 3,
     ) -> None:
         self._window_ms = _check_ms("window_ms", window_ms, 1)
         self._clock = Watermark(allowed_lateness_ms, idle_timeout_ms)
+        # No guard (None): one event may move the clock any distance, as before the guard
+        # existed; the runtimes turn it on (see ``ClockGuard``).
+        self._guard = ClockGuard(max_clock_jump_ms or 0, clock_confirmations)
+        self._jump_ms: float = math.inf if max_clock_jump_ms is None else max_clock_jump_ms
         if tombstone_retention_ms is None:
             tombstone_retention_ms = window_ms + allowed_lateness_ms
         self._retention_ms = _check_ms("tombstone_retention_ms", tombstone_retention_ms, 0)
@@ -178,10 +197,15 @@ class AttributionJoin:
         # watermark passes its deadline + retention.
         self._tomb_q: deque[list[Any]] = deque()
         self._dirty: set[str] = set()
+        self._guard.drain()
+        self._guard_changes = 0
+        # Events with ts beyond this go to the clock guard; +inf until the clock has a value.
+        self._horizon: float = math.inf
         self._seq = 0
         self._n_imp = 0
         self._n_dup_imp = 0
         self._n_late_imp = 0
+        self._n_future = 0
         self._n_click = 0
         self._n_dup_click = 0
         self._n_late_click = 0
@@ -214,20 +238,46 @@ class AttributionJoin:
         """How long after its deadline a finalized key is remembered (R)."""
         return self._retention_ms
 
-    def config(self) -> dict[str, int]:
+    def config(self) -> dict[str, int | None]:
         """The hyper-parameters, as accepted by the constructor."""
         return {
             "window_ms": self._window_ms,
             "allowed_lateness_ms": self._clock.allowed_lateness_ms,
             "idle_timeout_ms": self._clock.idle_timeout_ms,
             "tombstone_retention_ms": self._retention_ms,
+            "max_clock_jump_ms": None if self._jump_ms == math.inf else self._guard.max_jump_ms,
+            "clock_confirmations": self._guard.confirmations,
         }
 
     # -- events (hot path) ---------------------------------------------------------------
 
-    def add_impression(self, imp: Impression, wall_ms: int | None = None) -> JoinStep:
+    def add_impression(
+        self, imp: Impression, wall_ms: int | None = None, ref: object = None
+    ) -> JoinStep:
         """Join one impression; raises ``InvalidInputError`` (``late_impression``) if its
-        attribution window closed before it arrived."""
+        attribution window closed before it arrived. ``ref`` is opaque, like ``add_click``'s:
+        it comes back with the impression if the clock guard rejects it (``future``)."""
+        ts = imp.ts
+        if ts > self._horizon:
+            return self._hold(imp, ref, wall_ms)
+        step = self._add_impression(imp, wall_ms)
+        if self._guard.held:
+            return self._vote(ts, step, wall_ms)
+        return step
+
+    def add_click(self, click: Click, ref: object = None, wall_ms: int | None = None) -> JoinStep:
+        """Join one click. ``ref`` is opaque and comes back with the click if it becomes an
+        orphan (or the clock guard rejects it); it must be JSON-serializable if the state
+        is exported, because it is persisted while the click waits."""
+        ts = click.ts
+        if ts > self._horizon:
+            return self._hold(click, ref, wall_ms)
+        step = self._add_click(click, ref, wall_ms)
+        if self._guard.held:
+            return self._vote(ts, step, wall_ms)
+        return step
+
+    def _add_impression(self, imp: Impression, wall_ms: int | None) -> JoinStep:
         self._n_imp += 1
         uid = imp.user_id
         iid = imp.impression_id
@@ -294,9 +344,7 @@ class AttributionJoin:
             return self._advance(step)
         return _EMPTY if step is None else step
 
-    def add_click(self, click: Click, ref: object = None, wall_ms: int | None = None) -> JoinStep:
-        """Join one click. ``ref`` is opaque (JSON-serializable: it is persisted while the
-        click waits) and comes back with the click if it becomes an orphan."""
+    def _add_click(self, click: Click, ref: object, wall_ms: int | None) -> JoinStep:
         self._n_click += 1
         uid = click.user_id
         iid = click.impression_id
@@ -385,6 +433,64 @@ class AttributionJoin:
             else:
                 bucket.append(entry)
 
+    # -- the clock guard -----------------------------------------------------------------
+
+    def _hold(self, event: Impression | Click, ref: object, wall_ms: int | None) -> JoinStep:
+        # It votes on the events held before it, then waits for its own votes.
+        guard = self._guard
+        confirmed, rejected = guard.vote(event.ts)
+        guard.hold(event, ref)
+        self._guard_changes += 1
+        return self._settle(JoinStep.EMPTY, confirmed, rejected, wall_ms)
+
+    def _vote(self, ts: int, step: JoinStep, wall_ms: int | None) -> JoinStep:
+        confirmed, rejected = self._guard.vote(ts)
+        if not confirmed and not rejected:
+            return step
+        return self._settle(step, confirmed, rejected, wall_ms)
+
+    def _settle(
+        self,
+        step: JoinStep,
+        confirmed: list[tuple[Impression | Click, object]],
+        rejected: list[tuple[Impression | Click, object]],
+        wall_ms: int | None,
+    ) -> JoinStep:
+        """Apply confirmed events (and every held one the clock jump brought within reach),
+        report rejected ones; outputs in that order after the triggering event's own."""
+        if not confirmed and not rejected:
+            return step
+        self._guard_changes += 1
+        feedback = list(step.feedback)
+        orphans = list(step.orphans)
+        late = list(step.late_clicks)
+        released: list[Impression | Click] = []
+        future: list[tuple[Impression | Click, object]] = list(rejected)
+        self._n_future += len(rejected)
+        pending = list(confirmed)
+        while pending:
+            for event, ref in pending:
+                try:
+                    if isinstance(event, Impression):
+                        out = self._add_impression(event, wall_ms)
+                    else:
+                        out = self._add_click(event, ref, wall_ms)
+                except InvalidInputError:
+                    # A late impression: possible only when a later-stamped held event was
+                    # confirmed first and moved the clock past this one's window. Rare; it
+                    # is reported with the rejected ones so that it is not lost.
+                    future.append((event, ref))
+                    self._n_future += 1
+                    continue
+                released.append(event)
+                feedback.extend(out.feedback)
+                orphans.extend(out.orphans)
+                late.extend(out.late_clicks)
+            pending = self._guard.take_until(self._horizon)
+        return JoinStep(
+            feedback or None, orphans or None, late or None, future or None, released or None
+        )
+
     # -- time ----------------------------------------------------------------------------
 
     def tick(self, wall_ms: int) -> JoinStep:
@@ -395,9 +501,32 @@ class AttributionJoin:
 
     def finish(self) -> JoinStep:
         """End of input: watermark +inf; flushes every pending label and waiting click and
-        drops the tombstones, so no state is left."""
+        drops the tombstones, so no state is left. Events still held by the clock guard were
+        never confirmed: they come back in ``future``."""
+        rejected = self._guard.drain()
+        if rejected:
+            self._n_future += len(rejected)
+            self._guard_changes += 1
         self._clock.finish()
-        return self._advance(None)
+        step = self._advance(None)
+        if not rejected:
+            return step
+        return JoinStep(
+            step.feedback or None, step.orphans or None, step.late_clicks or None, rejected
+        )
+
+    @property
+    def guard_changes(self) -> int:
+        """How many times the set of held events changed (not persisted): a runtime that
+        persists ``export_clock`` less often than users writes it now when this moved, since
+        held events live only there."""
+        return self._guard_changes
+
+    @property
+    def horizon(self) -> float:
+        """The clock guard's bound: an event with a larger ts is held back (+inf: no guard,
+        no clock yet, or finished)."""
+        return self._horizon
 
     @property
     def watermark(self) -> float:
@@ -406,6 +535,9 @@ class AttributionJoin:
 
     def _advance(self, step: JoinStep | None) -> JoinStep:
         wm = self._clock.value
+        # Every watermark move comes through here: ``wm + L`` is the max ts (or the idle
+        # advance, which already follows wall time), and the guard's bound counts from it.
+        self._horizon = wm + self._clock.allowed_lateness_ms + self._jump_ms
         near = self._near
         far_ids = self._far_ids
         queue = self._tomb_q
@@ -500,6 +632,8 @@ class AttributionJoin:
             pending_impressions=self._n_pending_imp,
             pending_clicks=self._n_pending_click,
             tombstones=self._n_tomb,
+            held_events=len(self._guard),
+            future_events=self._n_future,
         )
 
     def state_size(self) -> int:
@@ -571,7 +705,8 @@ class AttributionJoin:
         }
 
     def export_clock(self) -> dict[str, Any]:
-        """The partition-wide part: watermark, max ts, arrival sequence and counters."""
+        """The partition-wide part: watermark, max ts, arrival sequence, counters and the
+        events the clock guard holds (``held``: their refs must be JSON-ready)."""
         clock = self._clock.to_dict()
         return {
             "v": 1,
@@ -588,17 +723,28 @@ class AttributionJoin:
                 "orphan_clicks": self._n_orphan,
                 "feedback_positive": self._n_pos,
                 "feedback_negative": self._n_neg,
+                "future_events": self._n_future,
             },
+            "held": self._guard.to_dict(),
         }
 
     def restore(self, clock: dict[str, Any] | None, users: Iterable[dict[str, Any] | None]) -> None:
         """Replace the whole state by exported parts (``export_clock`` and ``export_user``
         dicts, in any order; None items are skipped). The schedule is rebuilt, so the join
-        continues exactly as the exporting one would have."""
+        continues exactly as the exporting one would have. Unreadable parts raise
+        ``StateError``."""
+        try:
+            self._restore(clock, users)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"malformed join state: {exc!r}") from exc
+
+    def _restore(
+        self, clock: dict[str, Any] | None, users: Iterable[dict[str, Any] | None]
+    ) -> None:
         self._reset()
         if clock is not None:
             if clock.get("v") != 1:
-                raise ConfigError(f"unsupported join clock version {clock.get('v')!r}; want 1")
+                raise StateError(f"unsupported join clock version {clock.get('v')!r}; want 1")
             self._clock.load({"v": 1, "watermark": clock["watermark"], "max_ts": clock["max_ts"]})
             self._seq = int(clock["seq"])
             counters = clock["counters"]
@@ -611,9 +757,14 @@ class AttributionJoin:
             self._n_orphan = counters["orphan_clicks"]
             self._n_pos = counters["feedback_positive"]
             self._n_neg = counters["feedback_negative"]
+            # Absent in state written before the clock guard existed.
+            self._n_future = counters.get("future_events", 0)
+            self._guard.load(clock.get("held", []))
         else:
             self._clock.load({"v": 1, "watermark": None, "max_ts": None})
         wm = self._clock.value
+        if wm > -math.inf:
+            self._horizon = wm + self._clock.allowed_lateness_ms + self._jump_ms
         window = self._window_ms
         retired: list[list[Any]] = []
         next_seq = self._seq
@@ -621,7 +772,7 @@ class AttributionJoin:
             if data is None:
                 continue
             if data.get("v") != 1:
-                raise ConfigError(f"unsupported join user state version {data.get('v')!r}")
+                raise StateError(f"unsupported join user state version {data.get('v')!r}")
             uid = data["user_id"]
             entries: dict[str, list[Any]] = {}
             for item in data["impressions"]:
@@ -669,7 +820,7 @@ class AttributionJoin:
     def from_dict(cls, data: dict[str, Any]) -> AttributionJoin:
         """Inverse of ``to_dict``."""
         if data.get("v") != 1:
-            raise ConfigError(f"unsupported join state version {data.get('v')!r}; want 1")
+            raise StateError(f"unsupported join state version {data.get('v')!r}; want 1")
         out = cls(**data["config"])
         out.restore(data["clock"], data["users"])
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from worker.core.errors import ConfigError
+from worker.core.errors import ConfigError, StateError
 
 _INF = math.inf
 
@@ -112,7 +112,7 @@ class Watermark:
     def load(self, data: dict[str, Any]) -> None:
         """Set the persistent part from ``to_dict()`` output, keeping the hyper-parameters."""
         if data.get("v") != 1:
-            raise ConfigError(f"unsupported watermark state version {data.get('v')!r}; want 1")
+            raise StateError(f"unsupported watermark state version {data.get('v')!r}; want 1")
         self.value = _decode(data["watermark"])
         self.max_ts = _decode(data["max_ts"])
         self.last_wall_ms = None

@@ -7,7 +7,7 @@ from worker.core.pipeline.feedback_stage import FeedbackStage
 from worker.core.pipeline.input_batch import InputBatch
 from worker.core.pipeline.monitor_config import MonitorConfig
 from worker.core.pipeline.outputs import Outputs, Rejection
-from worker.core.pipeline.pipeline import Pipeline, PipelineConfig, iso_utc_ms
+from worker.core.pipeline.pipeline import Pipeline, PipelineConfig
 
 __all__ = [
     "FeedbackStage",
@@ -17,5 +17,4 @@ __all__ = [
     "Pipeline",
     "PipelineConfig",
     "Rejection",
-    "iso_utc_ms",
 ]

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from worker.core.errors import ConfigError, InvalidInputError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.join.join_step import JoinStep
 from worker.core.pipeline.feedback_stage import FeedbackStage
-from worker.core.pipeline.input_batch import CLICK, IMPRESSION, InputBatch
+from worker.core.pipeline.input_batch import IMPRESSION, REJECTED, InputBatch
 from worker.core.pipeline.monitor_config import MonitorConfig
 from worker.core.pipeline.outputs import Outputs, Rejection
 from worker.core.policy import PolicyConfig, RecalibrationPolicy
+from worker.core.records.dead_letter import future_ts_error, orphan_click_error
+from worker.core.records.impression import Impression
+from worker.core.records.timefmt import iso_utc_ms
 
 _NEG_INF = float("-inf")
 
@@ -26,6 +28,10 @@ class PipelineConfig:
     window_ms: int = 1_800_000
     allowed_lateness_ms: int = 60_000
     idle_timeout_ms: int = 30_000
+    #: How far one event may move the partition's clock before later events must confirm
+    #: it (``ClockGuard``); None: the attribution window.
+    max_clock_jump_ms: int | None = None
+    clock_confirmations: int = 3
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
@@ -34,6 +40,8 @@ class PipelineConfig:
             "window_ms": self.window_ms,
             "allowed_lateness_ms": self.allowed_lateness_ms,
             "idle_timeout_ms": self.idle_timeout_ms,
+            "max_clock_jump_ms": self.max_clock_jump_ms,
+            "clock_confirmations": self.clock_confirmations,
             "monitor": self.monitor.to_dict(),
             "policy": self.policy.to_dict(),
         }
@@ -91,6 +99,10 @@ class Pipeline:
             window_ms=config.window_ms,
             allowed_lateness_ms=config.allowed_lateness_ms,
             idle_timeout_ms=config.idle_timeout_ms,
+            max_clock_jump_ms=(
+                config.window_ms if config.max_clock_jump_ms is None else config.max_clock_jump_ms
+            ),
+            clock_confirmations=config.clock_confirmations,
         )
         self._monitor = FeedbackStage(config.monitor, RecalibrationPolicy(config.policy))
         self._max_ts = _NEG_INF
@@ -126,31 +138,34 @@ class Pipeline:
         """Run one batch through the join and the monitor; see the class docstring."""
         out = Outputs()
         join = self._join
-        monitor = self._monitor
+        stage = self._monitor
         wall_ms = batch.wall_ms
         self._touched = True
         for kind, event, ref in zip(batch.kinds, batch.events, batch.refs, strict=True):
-            if kind == IMPRESSION:
-                if event.ts > self._max_ts:
-                    self._max_ts = event.ts
-                try:
-                    step = join.add_impression(event, wall_ms)
-                except InvalidInputError as exc:
-                    self._reject(out, ref, event.user_id, exc.reason, str(exc))
-                    continue
-                self._publish(out, monitor.on_impression(event, self._created_at()))
-            elif kind == CLICK:
-                if event.ts > self._max_ts:
-                    self._max_ts = event.ts
-                self._publish(out, monitor.on_click(event, self._created_at()))
-                step = join.add_click(event, ref=ref, wall_ms=wall_ms)
-            else:
+            if kind == REJECTED:
                 key, reason, error = event
                 self._reject(out, ref, key, reason, error)
                 continue
+            # An event the join's clock guard holds back reaches the clock and the stage
+            # only when the join releases it (``_emit``): one far-future event moves nothing.
+            held = event.ts > join.horizon
+            if not held and event.ts > self._max_ts:
+                self._max_ts = event.ts
+            if kind == IMPRESSION:
+                try:
+                    step = join.add_impression(event, wall_ms, ref=ref)
+                except InvalidInputError as exc:
+                    self._reject(out, ref, event.user_id, exc.reason, str(exc))
+                    continue
+                if not held:
+                    self._publish(out, stage.on_impression(event, self._created_at()))
+            else:
+                if not held:
+                    self._publish(out, stage.on_click(event, self._created_at()))
+                step = join.add_click(event, ref=ref, wall_ms=wall_ms)
             if step:
                 self._emit(step, out)
-            self._publish(out, monitor.tick(int(self._max_ts), self._created_at()))
+            self._publish(out, stage.tick(int(self._max_ts), self._created_at()))
         return out
 
     def advance(self, wall_ms: int) -> Outputs:
@@ -185,29 +200,35 @@ class Pipeline:
         # Memoised: several monitor calls per event share one clock value.
         if self._max_ts != self._clock_ts:
             self._clock_ts = self._max_ts
-            self._clock_text = iso_utc_ms(self._max_ts)
+            self._clock_text = iso_utc_ms(_clock_ms(self._max_ts))
         return self._clock_text
 
     def _reject(self, out: Outputs, ref: Any, key: str | None, reason: str, error: str) -> None:
         out.dead_letters.append(Rejection(ref, key, reason, error, self._max_ts))
 
     def _emit(self, step: JoinStep, out: Outputs) -> None:
-        monitor = self._monitor
+        stage = self._monitor
+        for event in step.released:
+            # Held by the clock guard until later events confirmed its jump.
+            if event.ts > self._max_ts:
+                self._max_ts = event.ts
+            if isinstance(event, Impression):
+                self._publish(out, stage.on_impression(event, self._created_at()))
+            else:
+                self._publish(out, stage.on_click(event, self._created_at()))
         for fb in step.feedback:
             out.feedback.append(fb)
             # Labels finalised by finish() lie beyond the last input's ts; the clock follows
             # them so a version's created_at is never before its event_ts.
             if fb.label_ts > self._max_ts:
                 self._max_ts = fb.label_ts
-            self._publish(out, monitor.on_feedback(fb, self._created_at()))
+            self._publish(out, stage.on_feedback(fb, self._created_at()))
         for click, ref in step.orphans:
-            self._reject(
-                out, ref, click.user_id, "orphan_click",
-                f"click for impression {click.impression_id!r} of user {click.user_id!r} "
-                "found no impression within the attribution window",
-            )
+            self._reject(out, ref, click.user_id, "orphan_click", orphan_click_error(click))
+        for event, ref in step.future:
+            self._reject(out, ref, event.user_id, "future_ts", future_ts_error(event))
         for click in step.late_clicks:
-            self._publish(out, monitor.on_late_click(click, self._created_at()))
+            self._publish(out, stage.on_late_click(click, self._created_at()))
 
     @staticmethod
     def _publish(out: Outputs, produced: Outputs) -> None:
@@ -248,6 +269,8 @@ class Pipeline:
                 "window_ms": self._cfg.window_ms,
                 "allowed_lateness_ms": self._cfg.allowed_lateness_ms,
                 "idle_timeout_ms": self._cfg.idle_timeout_ms,
+                "max_clock_jump_ms": self._cfg.max_clock_jump_ms,
+                "clock_confirmations": self._cfg.clock_confirmations,
             },
             "max_ts": _encode(self._max_ts),
             "join": self._join.to_dict(),
@@ -271,35 +294,9 @@ class Pipeline:
         return pipe
 
 
-def iso_utc_ms(ts_ms: float) -> str:
-    """Event time (ms) as ISO 8601 UTC with milliseconds; -inf (no event yet) is the epoch.
-
-    The date and time up to the minute are formatted once per minute (a clock that moves
-    with every event would otherwise pay for a full ``datetime`` format per event).
-
-    >>> iso_utc_ms(300_000), iso_utc_ms(1_767_225_659_999), iso_utc_ms(float("-inf"))
-    ('1970-01-01T00:05:00.000Z', '2026-01-01T00:00:59.999Z', '1970-01-01T00:00:00.000Z')
-    """
-    global _minute_cache
-    if ts_ms == _NEG_INF or ts_ms != ts_ms:
-        ts_ms = 0
-    if type(ts_ms) is not int:
-        if not float(ts_ms).is_integer():
-            return (
-                datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
-                .isoformat(timespec="milliseconds")
-                .replace("+00:00", "Z")
-            )
-        ts_ms = int(ts_ms)
-    minute, rest = divmod(ts_ms, 60_000)
-    if minute != _minute_cache[0]:
-        prefix = datetime.fromtimestamp(minute * 60, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:")
-        _minute_cache = (minute, prefix)
-    seconds, millis = divmod(rest, 1000)
-    return f"{_minute_cache[1]}{seconds:02d}.{millis:03d}Z"
-
-
-_minute_cache: tuple[int | None, str] = (None, "")
+def _clock_ms(ts: float) -> int:
+    """The clock as integer epoch ms for stamps (the epoch before the first event)."""
+    return 0 if ts == _NEG_INF else int(ts)
 
 
 def _encode(ts: float) -> float | None:

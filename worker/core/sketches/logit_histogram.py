@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.mathfn import sigmoid, sigmoid_array
 
 FloatArray = NDArray[np.float64]
@@ -457,7 +457,7 @@ class LogitHistogram:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LogitHistogram:
-        """Inverse of ``to_dict``; a malformed dict raises ``InvalidInputError("schema", ...)``.
+        """Inverse of ``to_dict``; a malformed dict raises ``StateError``.
 
         Sketches travel between workers over a topic, so they are validated like input.
         """
@@ -504,10 +504,8 @@ class LogitHistogram:
             out._n_events, out._n_positives = n_events, n_pos
             if out._half_life is not None and n_events > 0 and out._ref_ts is None:
                 raise ValueError("a decayed, non-empty sketch needs ref_ts")
-        except InvalidInputError:
-            raise
         except (KeyError, TypeError, ValueError) as exc:  # ConfigError is a ValueError
-            raise InvalidInputError("schema", f"invalid LogitHistogram dict: {exc}") from exc
+            raise StateError(f"invalid LogitHistogram dict: {exc}") from exc
         return out
 
     def __repr__(self) -> str:

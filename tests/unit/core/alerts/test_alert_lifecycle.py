@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import worker.core.alerts.alert_lifecycle as module
-from worker.core.alerts import KINDS, AlertLifecycle, fingerprint, iso_utc
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.alerts import KINDS, AlertLifecycle, fingerprint
+from worker.core.errors import ConfigError, InvalidInputError, StateError
+from worker.core.records.timefmt import iso_utc_ms
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SCHEMA = json.loads(
@@ -130,12 +131,12 @@ def test_for_ms_and_resolve_ms_use_event_time() -> None:
     assert lc.state("feedback_stall", "m", "segment:new") == "pending"
     assert obs(True, 60_999) == []
     [fire] = obs(True, 61_000)
-    assert fire["starts_at"] == iso_utc(61_000) and fire["severity"] == "critical"
+    assert fire["starts_at"] == iso_utc_ms(61_000) and fire["severity"] == "critical"
     assert fire["details"]["lifecycle"]["active_since_ts"] == 1_000
     assert obs(False, 100_000) == []
     assert obs(False, 219_999) == []
     [res] = obs(False, 220_000)
-    assert res["status"] == "resolved" and res["ends_at"] == iso_utc(220_000)
+    assert res["status"] == "resolved" and res["ends_at"] == iso_utc_ms(220_000)
     assert res["details"]["lifecycle"]["resolved_ts"] == 220_000
 
 
@@ -219,7 +220,7 @@ def test_time_never_runs_backwards_per_series() -> None:
     [f] = lc.observe("ece_high", "m", "global", True, 1.0, 0.5, 50, T0)
     assert f["event_ts"] == 100
     [r] = lc.observe("ece_high", "m", "global", False, 1.0, 0.5, 10, T0)
-    assert r["ends_at"] == iso_utc(100)
+    assert r["ends_at"] == iso_utc_ms(100)
 
 
 def test_state_holds_only_live_series() -> None:
@@ -305,9 +306,9 @@ def test_from_dict_rejects_malformed() -> None:
     lc = AlertLifecycle()
     lc.observe("ece_high", "m", "global", True, 1.0, 0.5, 1, T0)
     data = lc.to_dict()
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(StateError):
         AlertLifecycle.from_dict({**data, "v": 2})
     bad = json.loads(json.dumps(data))
     bad["series"][0][0] = "0" * 16
-    with pytest.raises(InvalidInputError, match="fingerprint"):
+    with pytest.raises(StateError, match="fingerprint"):
         AlertLifecycle.from_dict(bad)

@@ -117,10 +117,13 @@ class TestTooLarge:
 
 
 class TestInvalidJson:
+    @pytest.mark.parametrize("raw", [b"", b" ", b"\t\r\n "])
+    def test_empty_or_whitespace_only(self, raw: bytes) -> None:
+        assert reason_of(InputDecoder().decode_replay_line, raw)[0] == "empty"
+
     @pytest.mark.parametrize(
         "raw",
         [
-            b"",
             b"{",
             b"not json",
             b'{"score": NaN}',
@@ -183,11 +186,15 @@ class TestSchema:
             ),
             (imp(user_id=42), "user_id must be a string of 1-128 characters; got 42"),
             (imp(segment=None), "segment must be a string of 1-128 characters; got null"),
-            (imp(ts=1.5), "ts must be an integer in [0, 9007199254740991]; got 1.5"),
-            (imp(ts=-1), "ts must be an integer in [0, 9007199254740991]; got -1"),
-            (imp(ts=True), "ts must be an integer in [0, 9007199254740991]; got true"),
-            (imp(ts="1"), 'ts must be an integer in [0, 9007199254740991]; got "1"'),
-            (imp(ts=2**53), "ts must be an integer in [0, 9007199254740991]; got 9007199254740992"),
+            (imp(ts=1.5), "ts must be an integer in [0, 253402300799999]; got 1.5"),
+            (imp(ts=-1), "ts must be an integer in [0, 253402300799999]; got -1"),
+            (imp(ts=True), "ts must be an integer in [0, 253402300799999]; got true"),
+            (imp(ts="1"), 'ts must be an integer in [0, 253402300799999]; got "1"'),
+            (
+                imp(ts=253_402_300_800_000),
+                "ts must be an integer in [0, 253402300799999]; got 253402300800000",
+            ),
+            (imp(user_id="*"), "user_id '*' is reserved (population posteriors)"),
             (imp(position=2.5), "position must be an integer in [0, 9007199254740991]; got 2.5"),
             (imp(score=True), "score must be a number; got true"),
             (imp(score="0.5"), 'score must be a number; got "0.5"'),

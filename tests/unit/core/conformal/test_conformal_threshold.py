@@ -21,7 +21,7 @@ from worker.core.conformal import (
     prediction_set,
     prediction_sets,
 )
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CAL_SCHEMA = json.loads(
@@ -171,7 +171,7 @@ def test_errors() -> None:
         prediction_set(0.1, 1.2)
     with pytest.raises(InvalidInputError):
         ConformalThreshold(0.1, qhat=math.nan)
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(StateError):
         ConformalThreshold.from_dict({"v": 2, "alpha": 0.1, "qhat": 0.2, "n": 1})
     with pytest.raises(InvalidInputError):
         ConformalThreshold.from_block({"alpha": 0.1})

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import worker.core.conformal.coverage_tracker as module
 from worker.core.conformal import ConformalThreshold, CoverageTracker
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -183,5 +183,5 @@ def test_errors() -> None:
     assert t.n == 0 and t.z(0.9) is None
     with pytest.raises(ConfigError):
         t.merge(CoverageTracker(10))
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(StateError):
         CoverageTracker.from_dict({**t.to_dict(), "w": -1.0})

@@ -31,6 +31,8 @@ def test_defaults_and_empty_state() -> None:
         "allowed_lateness_ms": 60_000,
         "idle_timeout_ms": 30_000,
         "tombstone_retention_ms": 1_860_000,
+        "max_clock_jump_ms": None,
+        "clock_confirmations": 3,
     }
     assert j.watermark == -math.inf
     assert j.state_size() == 0

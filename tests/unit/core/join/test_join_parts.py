@@ -8,7 +8,7 @@ import math
 import pytest
 
 from tests.unit.core.join.support import click, imp
-from worker.core.errors import ConfigError
+from worker.core.errors import ConfigError, StateError
 from worker.core.join import attribution_join, join_stats, join_step, watermark
 from worker.core.join.join_stats import JoinStats
 from worker.core.join.join_step import JoinStep
@@ -38,7 +38,7 @@ def test_watermark_basics() -> None:
     assert Watermark.from_dict(wm.to_dict(), allowed_lateness_ms=10).value == math.inf
     with pytest.raises(ConfigError, match="idle_timeout_ms must be a positive integer"):
         Watermark(idle_timeout_ms=0)
-    with pytest.raises(ConfigError, match="version"):
+    with pytest.raises(StateError, match="version"):
         Watermark.from_dict({"v": 9, "watermark": None, "max_ts": None})
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tests.unit.core.join.strategies import Stream, streams
 from tests.unit.core.join.support import check_counters, click, imp
-from worker.core.errors import ConfigError
+from worker.core.errors import StateError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.join.join_step import JoinStep
 from worker.core.records.click import Click
@@ -217,5 +217,5 @@ def test_unknown_versions_are_refused(part: str) -> None:
         state["clock"]["v"] = 2
     else:
         state["users"][0]["v"] = 2
-    with pytest.raises(ConfigError, match="version"):
+    with pytest.raises(StateError, match="version"):
         AttributionJoin.from_dict(state)

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from worker.core.alerts import iso_utc
 from worker.core.records.click import Click
 from worker.core.records.feedback import Feedback
 from worker.core.records.impression import Impression
+from worker.core.records.timefmt import iso_utc_ms
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -86,7 +86,7 @@ def make_stream(
 
 def iso(ts_ms: int) -> str:
     """Event time as the deterministic ``created_at`` a replay uses."""
-    return iso_utc(ts_ms)
+    return iso_utc_ms(ts_ms)
 
 
 def joined_events(
