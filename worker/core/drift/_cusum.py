@@ -205,6 +205,52 @@ class CusumBank:
             return True
         return False
 
+    def step2(self, inc0: float, inc1: float) -> bool:
+        """``step((inc0, inc1))`` for a bank of two, unrolled (the same arithmetic in the
+        same order, so the same floats): the base-rate and score-shift detectors run it for
+        every event of every scope."""
+        s = self.s
+        cum = self.cum
+        cum_min = self.cum_min
+        mx = self.max_log_lr
+        peak = self.peak
+        v0 = s[0] + inc0
+        if v0 < 0.0:
+            v0 = 0.0
+        s[0] = v0
+        v1 = s[1] + inc1
+        if v1 < 0.0:
+            v1 = 0.0
+        s[1] = v1
+        c = cum[0] + inc0
+        cum[0] = c
+        if c > mx:
+            mx = c
+        if c < cum_min[0]:
+            cum_min[0] = c
+        elif c - cum_min[0] > peak:
+            peak = c - cum_min[0]
+        c = cum[1] + inc1
+        cum[1] = c
+        if c > mx:
+            mx = c
+        if c < cum_min[1]:
+            cum_min[1] = c
+        elif c - cum_min[1] > peak:
+            peak = c - cum_min[1]
+        self.max_log_lr = mx
+        self.peak = peak
+        self.n += 1
+        # step() keeps the first strict maximum above 0.0: the same choice here.
+        if v1 > v0:
+            if v1 > self.threshold:
+                self.fire(1, v1)
+                return True
+        elif v0 > 0.0 and v0 > self.threshold:
+            self.fire(0, v0)
+            return True
+        return False
+
     def fire(self, j: int, value: float) -> None:
         self.alarms += 1
         self.alarm = True

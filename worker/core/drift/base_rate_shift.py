@@ -194,7 +194,7 @@ class BaseRateShift(CusumReadout):
                 if self._n_warm >= self._warmup:
                     self._finish_warmup()
                 return False
-            return self._bank.step(inc[positive])
+            return self._bank.step2(*inc[positive])
         if p < P_MIN:
             p = P_MIN
         elif p > P_MAX:
@@ -207,7 +207,7 @@ class BaseRateShift(CusumReadout):
         if not positive:
             up -= d
             down += d
-        return self._bank.step((up, down))
+        return self._bank.step2(up, down)
 
     def update_many(self, p: ArrayLike, y: ArrayLike) -> int:
         """Feed events in order; index of the first alarm among them, or -1."""

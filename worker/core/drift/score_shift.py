@@ -175,7 +175,7 @@ class ScoreShift(CusumReadout):
         a = self._a
         x = mid[idx] - 0.5
         if not self._spread:
-            return self._bank.step((lam * x - a, -lam * x - a))
+            return self._bank.step2(lam * x - a, -lam * x - a)
         w = abs(2.0 * x) - 0.5
         return self._bank.step((lam * x - a, -lam * x - a, lam * w - a, -lam * w - a))
 
