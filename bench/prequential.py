@@ -66,7 +66,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +83,9 @@ from worker.core.calibrators import (
     calibrator_from_dict,
 )
 from worker.core.metrics import calibration_metrics, ece_floor_quantile
+from worker.core.pipeline import PipelineConfig
 from worker.core.policy import PolicyConfig
-from worker.replay import ReplayConfig, run_replay
+from worker.replay import run_replay
 from worker.sim.scenario import Scenario, Segment
 from worker.sim.streamrec import write_jsonl
 
@@ -158,8 +159,9 @@ def replay_stream(sc: Scenario, work: Path, recalibrate_every: int,
     write_jsonl(sc, events)
     log(f"  generated {sc.n_events:,} impressions in {time.perf_counter() - t0:.1f}s")
     out = work / "out"
-    config = ReplayConfig(window_ms=WINDOW_MS, recalibrate_every=recalibrate_every,
-                          policy=policy)
+    base = policy if policy is not None else PolicyConfig()
+    config = PipelineConfig(window_ms=WINDOW_MS,
+                            policy=replace(base, recalibrate_every=recalibrate_every))
     t0 = time.perf_counter()
     summary = run_replay(events, out, config).to_dict()
     log(f"  replayed in {time.perf_counter() - t0:.1f}s "

@@ -21,7 +21,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import cached_stream, machine_line
-from worker.replay import ReplayConfig, run_replay
+from worker.core.pipeline import PipelineConfig
+from worker.replay import run_replay
 from worker.sim.scenario import Scenario
 
 
@@ -39,7 +40,7 @@ def bare_loop(path: Path) -> tuple[int, float]:
 def replay_once(path: Path) -> tuple[int, float, dict[str, object]]:
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        summary = run_replay(path, Path(out), ReplayConfig())
+        summary = run_replay(path, Path(out), PipelineConfig())
         elapsed = time.perf_counter() - started
     return summary.lines, elapsed, summary.to_dict()
 

@@ -22,7 +22,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,14 +30,7 @@ import orjson
 
 from worker.core.codec.input_decoder import InputDecoder
 from worker.core.errors import InvalidInputError
-from worker.core.pipeline import (
-    InputBatch,
-    MonitorConfig,
-    Outputs,
-    Pipeline,
-    PipelineConfig,
-)
-from worker.core.policy import PolicyConfig
+from worker.core.pipeline import InputBatch, Outputs, Pipeline, PipelineConfig
 from worker.core.records.dead_letter import make_dead_letter, unpack_ref
 from worker.core.records.impression import Impression
 
@@ -48,39 +41,10 @@ OUTPUT_FILES = (
     "alerts.jsonl",
     "posteriors.jsonl",
 )
+DEFAULT_MAX_MESSAGE_BYTES = 65_536
 #: Lines per batch handed to the pipeline: large enough to amortise the per-batch work,
 #: small enough that a batch's outputs stay a few MB (memory is bounded by it, not the file).
 CHUNK_LINES = 4096
-
-
-@dataclass(frozen=True)
-class ReplayConfig:
-    """What a replay needs; built from `Settings` by the CLI."""
-
-    window_ms: int = 1_800_000
-    allowed_lateness_ms: int = 60_000
-    max_message_bytes: int = 65_536
-    recalibrate_every: int = 1000
-    # The policy's other knobs; ``recalibrate_every`` above always wins over the one in here.
-    policy: PolicyConfig | None = None
-    monitor: MonitorConfig | None = None
-    # The join's clock guard: None means one attribution window.
-    max_clock_jump_ms: int | None = None
-    clock_confirmations: int = 3
-
-    def policy_config(self) -> PolicyConfig:
-        base = self.policy if self.policy is not None else PolicyConfig()
-        return replace(base, recalibrate_every=self.recalibrate_every)
-
-    def pipeline_config(self) -> PipelineConfig:
-        return PipelineConfig(
-            window_ms=self.window_ms,
-            allowed_lateness_ms=self.allowed_lateness_ms,
-            max_clock_jump_ms=self.max_clock_jump_ms,
-            clock_confirmations=self.clock_confirmations,
-            monitor=self.monitor if self.monitor is not None else MonitorConfig(),
-            policy=self.policy_config(),
-        )
 
 
 @dataclass
@@ -142,15 +106,16 @@ class Replay:
 
     def __init__(
         self,
-        config: ReplayConfig,
+        config: PipelineConfig,
         write: Callable[[str, dict[str, Any]], None],
         source_name: str = "replay",
         chunk_lines: int = CHUNK_LINES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self._write = write
         self._source = source_name
-        self._decoder = InputDecoder(max_message_bytes=config.max_message_bytes)
-        self._pipeline = Pipeline(config.pipeline_config())
+        self._decoder = InputDecoder(max_message_bytes=max_message_bytes)
+        self._pipeline = Pipeline(config)
         self._chunk = max(1, int(chunk_lines))
         self._batch = InputBatch()
         self.summary = ReplaySummary()
@@ -254,15 +219,21 @@ class _Outputs:
 def run_replay(
     events: Path | IO[bytes],
     out_dir: Path,
-    config: ReplayConfig,
+    config: PipelineConfig | None = None,
     progress: IO[str] | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> ReplaySummary:
     """Replay ``events`` (a file, or a binary stream such as standard input) into
     ``out_dir``; returns (and writes) the summary. Memory is bounded by the chunk size,
     not the input: lines are read, processed and their outputs written chunk by chunk."""
     outputs = _Outputs(out_dir, (name.removesuffix(".jsonl") for name in OUTPUT_FILES))
     name = events.name if isinstance(events, Path) else "-"
-    replay = Replay(config, outputs.write, source_name=f"replay:{name}")
+    replay = Replay(
+        config if config is not None else PipelineConfig(),
+        outputs.write,
+        source_name=f"replay:{name}",
+        max_message_bytes=max_message_bytes,
+    )
     total_bytes = events.stat().st_size if isinstance(events, Path) else None
     started = time.perf_counter()
     meter = _Progress(progress, total_bytes, started)

@@ -15,9 +15,8 @@ from typing import IO
 import orjson
 
 from worker.core.errors import ConfigError
-from worker.replay import ReplayConfig, progress_stream, run_replay
+from worker.replay import progress_stream, run_replay
 from worker.settings import (
-    Settings,
     add_settings_arguments,
     replay_setting_names,
     settings_from_args,
@@ -42,19 +41,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.set_defaults(func=run)
 
 
-def replay_config(settings: Settings) -> ReplayConfig:
-    """What a replay takes from the settings."""
-    join = settings.join_params()
-    return ReplayConfig(
-        window_ms=join.window_ms,
-        allowed_lateness_ms=join.allowed_lateness_ms,
-        max_message_bytes=join.max_message_bytes,
-        recalibrate_every=settings.recalibrate_every,
-        policy=settings.policy_config(),
-        monitor=settings.monitor_config(),
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     events: Path | IO[bytes]
     if args.events == STDIN:
@@ -63,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         events = Path(args.events)
         if not events.is_file():
             raise ConfigError(f"events file {events} does not exist")
-    config = replay_config(settings_from_args(args))
-    summary = run_replay(events, args.out, config, progress=progress_stream())
+    settings = settings_from_args(args)
+    summary = run_replay(events, args.out, settings.pipeline_config(), progress=progress_stream(),
+                         max_message_bytes=settings.max_message_bytes)
     sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0

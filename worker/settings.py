@@ -40,6 +40,7 @@ import orjson
 from worker.core.alerts import KINDS, SEVERITIES
 from worker.core.errors import ConfigError
 from worker.core.pipeline.monitor_config import COMPONENTS, PINNED, MonitorConfig
+from worker.core.pipeline.pipeline import PipelineConfig
 from worker.core.policy import PolicyConfig
 
 log = logging.getLogger(__name__)
@@ -140,17 +141,6 @@ class _Field:
     #: Where a core knob goes: ("policy", field), ("monitor", field) or
     #: ("monitor", knob, argument); empty for the process's own settings.
     target: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class JoinParams:
-    """The attribution join's parameters, in the units the core uses (milliseconds)."""
-
-    window_ms: int
-    allowed_lateness_ms: int
-    idle_timeout_ms: int
-    max_message_bytes: int
-    max_future_ms: int
 
 
 @dataclass(frozen=True)
@@ -298,14 +288,15 @@ class Settings:
         guidance), so two heartbeats can be lost before the session expires."""
         return self.session_timeout_s / 3
 
-    def join_params(self) -> JoinParams:
-        """The join's parameters in milliseconds, for the core."""
-        return JoinParams(
+    def pipeline_config(self) -> PipelineConfig:
+        """One partition's core configuration: the join's parameters (in milliseconds), the
+        policy's and the feedback stage's (validated by their constructors)."""
+        return PipelineConfig(
             window_ms=self.window_ms,
             allowed_lateness_ms=self.lateness_ms,
             idle_timeout_ms=self.idle_timeout_ms,
-            max_message_bytes=self.max_message_bytes,
-            max_future_ms=int(self.max_future_s * 1000),
+            monitor=self.monitor_config(),
+            policy=self.policy_config(),
         )
 
     def policy_config(self) -> PolicyConfig:

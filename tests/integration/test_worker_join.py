@@ -37,8 +37,9 @@ import orjson
 import pytest
 
 from worker.core.codec.input_decoder import InputDecoder
+from worker.core.pipeline import PipelineConfig
 from worker.localkafka import TopicSpec, create_topics
-from worker.replay import Replay, ReplayConfig
+from worker.replay import Replay
 
 pytestmark = pytest.mark.integration
 
@@ -269,7 +270,7 @@ def replay_per_partition(lines: list[Line], partition_of: list[int]) -> tuple[li
     sinks["feedback"], sinks["dlq"] = feedback, dlq
     for p in sorted(per_partition):
         replay = Replay(
-            ReplayConfig(window_ms=WINDOW_MS, allowed_lateness_ms=LATENESS_MS),
+            PipelineConfig(window_ms=WINDOW_MS, allowed_lateness_ms=LATENESS_MS),
             lambda name, obj: sinks[name].append(obj),
         )
         for n, line in enumerate(per_partition[p]):

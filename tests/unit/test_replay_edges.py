@@ -7,10 +7,14 @@ from pathlib import Path
 
 import orjson
 
-from worker.replay import ReplayConfig, run_replay
+from worker.core.pipeline import PipelineConfig
+from worker.core.policy import PolicyConfig
+from worker.replay import run_replay
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-CONFIG = ReplayConfig(window_ms=60_000, allowed_lateness_ms=1_000, recalibrate_every=100_000)
+CONFIG = PipelineConfig(
+    window_ms=60_000, allowed_lateness_ms=1_000, policy=PolicyConfig(recalibrate_every=100_000)
+)
 
 
 def imp(iid: str, ts: int, user: str = "u1") -> bytes:

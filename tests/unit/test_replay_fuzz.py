@@ -34,10 +34,14 @@ from hypothesis import strategies as st
 
 from worker.core.codec.input_decoder import InputDecoder
 from worker.core.errors import InvalidInputError
-from worker.replay import OUTPUT_FILES, ReplayConfig, run_replay
+from worker.core.pipeline import PipelineConfig
+from worker.core.policy import PolicyConfig
+from worker.replay import OUTPUT_FILES, run_replay
 
 T0 = 1_767_225_600_000
-CONFIG = ReplayConfig(window_ms=600_000, allowed_lateness_ms=30_000, recalibrate_every=2_000)
+CONFIG = PipelineConfig(
+    window_ms=600_000, allowed_lateness_ms=30_000, policy=PolicyConfig(recalibrate_every=2_000)
+)
 JOIN_REASONS = {"orphan_click", "late_impression", "future_ts"}
 LINES_PER_EXAMPLE = 26_000  # a margin over 10^5 / EXAMPLES: the bad lines are random
 EXAMPLES = 4

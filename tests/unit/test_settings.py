@@ -18,6 +18,7 @@ import pytest
 
 from worker.cli import build_parser, main
 from worker.core.errors import ConfigError
+from worker.core.pipeline import PipelineConfig
 from worker.core.pipeline.monitor_config import COMPONENTS, MonitorConfig
 from worker.core.policy import PolicyConfig
 from worker.settings import (
@@ -109,10 +110,8 @@ def test_defaults_build_exactly_the_core_defaults() -> None:
     assert settings == Settings()
     assert settings.policy_config() == PolicyConfig()
     assert settings.monitor_config() == MonitorConfig()
-    join = settings.join_params()
-    assert (join.window_ms, join.allowed_lateness_ms, join.idle_timeout_ms,
-            join.max_message_bytes, join.max_future_ms) == (1_800_000, 60_000, 30_000, 65536,
-                                                            3_600_000)
+    assert settings.pipeline_config() == PipelineConfig()
+    assert (settings.max_message_bytes, settings.max_future_s) == (65536, 3600)
 
 
 def test_every_core_knob_is_derived_from_the_core_classes() -> None:

@@ -10,9 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
+from worker.core.pipeline import PipelineConfig
 from worker.core.records.feedback import Feedback
 from worker.core.records.timefmt import iso_utc_ms
-from worker.replay import Replay, ReplayConfig
+from worker.replay import Replay
 from worker.runtime.join_router import JoinRouter, Outcome, RouterConfig
 from worker.runtime.merge import InputEvent
 from worker.runtime.state import group_user_records
@@ -117,7 +118,7 @@ def test_agrees_with_replay_on_the_same_sequence(seed: int) -> None:
     outcomes = run(router, as_events(items))
 
     replay_out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    replay = Replay(ReplayConfig(window_ms=W, allowed_lateness_ms=L),
+    replay = Replay(PipelineConfig(window_ms=W, allowed_lateness_ms=L),
                     lambda name, obj: replay_out[name].append(obj))
     for n, (source, obj) in enumerate(items[:-1]):  # replay's finish() replaces the flush
         kind = "impression" if source == "impressions" else "click"

@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from worker.cli import main as cli_main
-from worker.replay import OUTPUT_FILES, ReplayConfig, run_replay
+from worker.core.pipeline import PipelineConfig
+from worker.replay import OUTPUT_FILES, run_replay
 from worker.sim.scenario import Scenario
 from worker.sim.streamrec import write_jsonl
 
@@ -46,7 +47,7 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def replayed(events: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("out")
-    run_replay(events, out, ReplayConfig(window_ms=WINDOW_MS))
+    run_replay(events, out, PipelineConfig(window_ms=WINDOW_MS))
     return out
 
 
@@ -118,7 +119,7 @@ def test_replay_is_deterministic_and_honours_recalibrate_every(
     events: Path, replayed: Path, tmp_path: Path
 ) -> None:
     again = tmp_path / "again"
-    run_replay(events, again, ReplayConfig(window_ms=WINDOW_MS))
+    run_replay(events, again, PipelineConfig(window_ms=WINDOW_MS))
     assert (again / "calibrators.jsonl").read_bytes() == (
         replayed / "calibrators.jsonl"
     ).read_bytes()
