@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from worker.core.errors import InvalidInputError
+from worker.core.errors import StateError
 from worker.core.records.feedback import Feedback
 
 _NO_FRONTIER = -(2**62)
@@ -92,5 +92,5 @@ class CohortGate:
                              for t, s, f in data["pending"]]
             heapq.heapify(gate._pending)
         except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInputError("schema", f"malformed cohort gate state: {exc}") from exc
+            raise StateError(f"malformed cohort gate state: {exc}") from exc
         return gate

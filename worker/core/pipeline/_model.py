@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.core.drift import FeedbackStall
-from worker.core.errors import InvalidInputError
+from worker.core.errors import StateError
 from worker.core.join.cohort_gate import CohortGate
 from worker.core.pipeline._scope_detectors import ScopeDetectors
 from worker.core.pipeline._served import ServeFn, calibrator_key, serve_fn
@@ -142,7 +142,5 @@ class ModelState:
             model.arrivals = FeedbackStall.from_dict(data["arrivals"])
             model.gate = CohortGate.from_dict(data["gate"])
         except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError("schema", f"malformed monitor model state: {exc}") from exc
+            raise StateError(f"malformed monitor model state: {exc}") from exc
         return model

@@ -9,7 +9,7 @@ import numpy as np
 
 from worker.core.conformal import CoverageTracker
 from worker.core.drift import BaseRateShift, CalibrationCusum, ScoreShift
-from worker.core.errors import InvalidInputError
+from worker.core.errors import StateError
 from worker.core.metrics import OnlineCalibration
 from worker.core.pipeline.monitor_config import MonitorConfig
 from worker.core.sketches.event_ring import EventRing
@@ -137,7 +137,5 @@ class ScopeDetectors:
                 setattr(state, name, None if v is None else int(v))
             state.directions = {str(k): v for k, v in data["directions"].items()}
         except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError("schema", f"malformed monitor scope state: {exc}") from exc
+            raise StateError(f"malformed monitor scope state: {exc}") from exc
         return state

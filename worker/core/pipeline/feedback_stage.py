@@ -11,7 +11,7 @@ from worker.core.alerts import AlertLifecycle
 from worker.core.calibrators import calibrator_from_dict
 from worker.core.conformal import fit_qhat
 from worker.core.drift import EceHigh, FeedbackStall, LateClickRate
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.mathfn import clamp_logit
 from worker.core.metrics import CalibrationReport
 from worker.core.pipeline._model import GLOBAL, SEGMENT_PREFIX, ModelState
@@ -678,7 +678,7 @@ class FeedbackStage:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeedbackStage:
-        """Inverse of ``to_dict``; malformed state raises ``InvalidInputError("schema")``."""
+        """Inverse of ``to_dict``; malformed state raises ``StateError``."""
         try:
             if data.get("v") != 1:
                 raise ValueError(f"unsupported monitor state version {data.get('v')!r}")
@@ -695,9 +695,7 @@ class FeedbackStage:
             mon._tick_bucket = int(data["tick_bucket"])
             mon._models = {str(m): ModelState.from_dict(s, cfg) for m, s in data["models"]}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError("schema", f"malformed monitor state: {exc}") from exc
+            raise StateError(f"malformed monitor state: {exc}") from exc
         return mon
 
     def __repr__(self) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.core.errors import InvalidInputError
+from worker.core.errors import StateError
 from worker.core.policy.policy_config import PolicyConfig
 from worker.core.sketches.event_ring import EventRing
 from worker.core.sketches.logit_histogram import LogitHistogram
@@ -142,5 +142,5 @@ class ScopeState:
             state.n_events = int(data["n_events"])
             state.last_refit_n = int(data["last_refit_n"])
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise InvalidInputError("schema", f"invalid policy scope state: {exc}") from exc
+            raise StateError(f"invalid policy scope state: {exc}") from exc
         return state

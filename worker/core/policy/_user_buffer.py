@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from worker.core.errors import InvalidInputError
+from worker.core.errors import StateError
 
 _DAY_MS = 86_400_000
 
@@ -107,5 +107,5 @@ class UserBuffer:
             buf.since_check = int(data["since_check"])
             buf.last_ts = int(data["last_ts"])
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise InvalidInputError("schema", f"invalid policy user state: {exc}") from exc
+            raise StateError(f"invalid policy user state: {exc}") from exc
         return buf

@@ -21,7 +21,7 @@ from worker.core.calibrators import (
     TemperatureCalibrator,
     calibrator_from_dict,
 )
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.join.cohort_gate import CohortGate
 from worker.core.mathfn import clamp_logit
 from worker.core.policy._affine import affine_of, compose, residual_of
@@ -1096,10 +1096,8 @@ class RecalibrationPolicy:
                 policy._models[model_id] = m
             for model_id, user_id, bd in data["users"]:
                 policy._users[(model_id, user_id)] = UserBuffer.from_dict(bd, cfg.user_buffer)
-        except InvalidInputError:
-            raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InvalidInputError("schema", f"invalid policy state: {exc}") from exc
+            raise StateError(f"invalid policy state: {exc}") from exc
         return policy
 
     def __repr__(self) -> str:

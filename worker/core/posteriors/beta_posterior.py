@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.posteriors import _checks
 
 
@@ -290,7 +290,7 @@ class BetaPosterior:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BetaPosterior:
-        """Inverse of ``to_dict``; a malformed dict raises ``InvalidInputError("schema", ...)``."""
+        """Inverse of ``to_dict``; a malformed dict raises ``StateError``."""
         try:
             if data.get("v") != 1:
                 raise ValueError(f"unsupported posterior version {data.get('v')!r}")
@@ -305,9 +305,7 @@ class BetaPosterior:
             out._last_ts = None if last is None else _checks.timestamp("last_ts", last)
             return out
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError("schema", f"malformed posterior state: {exc}") from exc
+            raise StateError(f"malformed posterior state: {exc}") from exc
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, BetaPosterior):

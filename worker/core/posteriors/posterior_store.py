@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.posteriors import _checks
 from worker.core.posteriors.beta_posterior import BetaPosterior
 
@@ -579,9 +579,7 @@ class PosteriorStore:
                 raise ValueError(f"unsupported user state version {data.get('v')!r}")
             user = _User.from_dict(data)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError("schema", f"malformed user state: {exc}") from exc
+            raise StateError(f"malformed user state: {exc}") from exc
         self._users[uid] = user
         self._users.move_to_end(uid)
         self._evict_over_cap()
@@ -603,7 +601,7 @@ class PosteriorStore:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PosteriorStore:
-        """Inverse of ``to_dict``; a malformed dict raises ``InvalidInputError("schema", ...)``."""
+        """Inverse of ``to_dict``; a malformed dict raises ``StateError``."""
         try:
             if data.get("v") != 1:
                 raise ValueError(f"unsupported store version {data.get('v')!r}")
@@ -622,9 +620,7 @@ class PosteriorStore:
             out._evicted = {(str(u), str(a)): None for u, a in data["evicted"]}
             return out
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError("schema", f"malformed posterior store state: {exc}") from exc
+            raise StateError(f"malformed posterior store state: {exc}") from exc
 
     def __repr__(self) -> str:
         return (

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from worker.core.errors import InvalidInputError
+from worker.core.errors import StateError
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -131,7 +131,7 @@ class EventRing:
             if n > 1 and (np.diff(seq) <= 0).any():
                 raise ValueError("ring seq must be strictly increasing")
         except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInputError("schema", f"invalid event ring state: {exc}") from exc
+            raise StateError(f"invalid event ring state: {exc}") from exc
         ring._z[:n], ring._y[:n], ring._ts[:n], ring._seq[:n], ring._seg[:n] = z, y, ts, seq, seg
         ring._hi = n
         return ring

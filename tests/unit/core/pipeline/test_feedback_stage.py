@@ -27,7 +27,7 @@ from tests.unit.core.pipeline.streams import (
     make_stream,
 )
 from worker.core.calibrators import calibrator_from_dict
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.mathfn import clamp_logit
 from worker.core.metrics import calibration_metrics
@@ -500,9 +500,9 @@ def test_same_input_order_same_outputs() -> None:
 def test_malformed_state_is_rejected() -> None:
     mon = FeedbackStage()
     state = mon.to_dict()
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(StateError):
         FeedbackStage.from_dict({**state, "v": 2})
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(StateError):
         FeedbackStage.from_dict({k: v for k, v in state.items() if k != "models"})
 
 

@@ -15,7 +15,7 @@ import pytest
 import worker.core.policy.policy_config as policy_config_module
 import worker.core.policy.recalibration_policy as policy_module
 from worker.core.calibrators import TemperatureCalibrator, calibrator_from_dict
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.policy import PolicyConfig, RecalibrationPolicy
 from worker.core.records.feedback import Feedback
 from worker.core.records.impression import Impression
@@ -409,9 +409,9 @@ def test_restart_from_state_continues_exactly() -> None:
 
 def test_malformed_state_is_rejected() -> None:
     good = RecalibrationPolicy().to_dict()
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(StateError):
         RecalibrationPolicy.from_dict({**good, "v": 2})
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(StateError):
         RecalibrationPolicy.from_dict({**good, "models": {"m": {"seq": 1}}})
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import worker.core.posteriors.beta_posterior as module
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.posteriors import BetaPosterior
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -239,5 +239,5 @@ def test_input_errors() -> None:
 def test_from_dict_rejects_malformed(mutate) -> None:
     data = BetaPosterior(1, 2).to_dict()
     mutate(data)
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(StateError):
         BetaPosterior.from_dict(data)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import worker.core.posteriors.posterior_store as module
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.posteriors import POPULATION, TIERS, BetaPosterior, PosteriorStore
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -292,9 +292,9 @@ def test_user_to_dict_and_load_user() -> None:
     assert b.posterior("u", "x") == a.posterior("u", "x")
     assert b.uncertain_share("u") == a.uncertain_share("u")
     assert a.user_to_dict("nobody") is None
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(StateError):
         b.load_user("u", {**data, "tier": "bogus"})
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(StateError):
         b.load_user("u", {**data, "v": 7})
 
 
