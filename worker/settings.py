@@ -58,6 +58,11 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be > 0; got {value!r}")
 
 
+def _positive_or_none(name: str, value: float | None) -> None:
+    if value is not None:
+        _positive(name, value)
+
+
 def _non_negative(name: str, value: float) -> None:
     if not value >= 0:
         raise ConfigError(f"{name} must be >= 0; got {value!r}")
@@ -186,6 +191,15 @@ class Settings:
         3600.0, "inputs stamped further than this in the future are dead-lettered (future_ts)",
         _positive, group="join",
     )
+    max_clock_jump_s: float | None = _setting(
+        None, "one event may move a partition's event-time clock by at most this many "
+        "seconds before later events confirm the jump (unset: the attribution window)",
+        _positive_or_none, replay=True, group="join",
+    )
+    clock_confirmations: int = _setting(
+        3, "later events that must confirm (or refute) a bigger clock jump", _positive,
+        replay=True, group="join",
+    )
     session_timeout_s: float = _setting(
         30.0,
         "Kafka consumer-group session timeout in seconds, in [6, 1800] (the broker's default "
@@ -291,10 +305,13 @@ class Settings:
     def pipeline_config(self) -> PipelineConfig:
         """One partition's core configuration: the join's parameters (in milliseconds), the
         policy's and the feedback stage's (validated by their constructors)."""
+        jump = self.max_clock_jump_s
         return PipelineConfig(
             window_ms=self.window_ms,
             allowed_lateness_ms=self.lateness_ms,
             idle_timeout_ms=self.idle_timeout_ms,
+            max_clock_jump_ms=None if jump is None else int(jump * 1000),
+            clock_confirmations=self.clock_confirmations,
             monitor=self.monitor_config(),
             policy=self.policy_config(),
         )

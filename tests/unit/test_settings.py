@@ -293,3 +293,14 @@ def test_replay_dash_reads_sys_stdin_in_process(
     assert main(["replay", "-", "--out", str(tmp_path / "out")]) == 0
     summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
     assert summary["lines"] == 1
+
+
+def test_the_clock_guard_is_configurable_and_defaults_to_the_window() -> None:
+    default = Settings.load(env={}).pipeline_config()
+    assert (default.max_clock_jump_ms, default.clock_confirmations) == (None, 3)
+    tuned = Settings.load(
+        env={"RECAL_MAX_CLOCK_JUMP_S": "120", "RECAL_CLOCK_CONFIRMATIONS": "5"}
+    ).pipeline_config()
+    assert (tuned.max_clock_jump_ms, tuned.clock_confirmations) == (120_000, 5)
+    with pytest.raises(ConfigError):
+        Settings.load(env={"RECAL_MAX_CLOCK_JUMP_S": "0"})

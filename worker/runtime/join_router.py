@@ -67,7 +67,7 @@ class RouterConfig:
     max_future_ms: int = 3_600_000
     merge_max_wait_ms: int = 1_000
     merge_max_backlog_wait_ms: int = 30_000
-    # The join's clock guard (None: the window); not in Settings yet.
+    # The join's clock guard (None: the window).
     max_clock_jump_ms: int | None = None
     clock_confirmations: int = 3
 
@@ -79,6 +79,8 @@ class RouterConfig:
             idle_timeout_ms=settings.idle_timeout_ms,
             max_message_bytes=settings.max_message_bytes,
             max_future_ms=int(settings.max_future_s * 1000),
+            max_clock_jump_ms=settings.pipeline_config().max_clock_jump_ms,
+            clock_confirmations=settings.clock_confirmations,
         )
 
 
