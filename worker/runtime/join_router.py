@@ -31,8 +31,10 @@ from worker.core.join.attribution_join import AttributionJoin
 from worker.core.join.join_step import JoinStep
 from worker.core.records.click import Click
 from worker.core.records.dead_letter import (
+    DLQ_MAX_KEY_CHARS,
     DLQ_MAX_PAYLOAD_BYTES,
     DeadLetter,
+    dead_letter_key,
     event_ref,
     future_ts_error,
     make_dead_letter,
@@ -251,7 +253,7 @@ class JoinRouter:
                 assert err is not None, "a released message is either decoded or rejected"
                 out.events[(source, "dead_letter")] += 1
                 letter = self._letter(event, key_text(event.key), err.reason, str(err), wall_ms)
-                out.dead_letters.append((event.key, letter))
+                out.dead_letters.append((dead_letter_key(event.key), letter))
                 continue
             uid = obj.user_id
             index = _SOURCE_INDEX[source]
@@ -271,7 +273,8 @@ class JoinRouter:
             except InvalidInputError as exc:  # late_impression: the join keeps no trace
                 out.events[(source, "dead_letter")] += 1
                 out.dead_letters.append(
-                    (event.key, self._letter(event, uid, exc.reason, str(exc), wall_ms))
+                    (dead_letter_key(event.key),
+                     self._letter(event, uid, exc.reason, str(exc), wall_ms))
                 )
             else:
                 out.events[(source, "accepted")] += 1
@@ -323,7 +326,7 @@ class JoinRouter:
         topic = self._names.impressions if isinstance(event, Impression) else self._names.clicks
         return make_dead_letter(
             topic, partition, offset, event.user_id, reason, error, payload, wall_ms,
-            DLQ_MAX_PAYLOAD_BYTES,
+            DLQ_MAX_PAYLOAD_BYTES, DLQ_MAX_KEY_CHARS,
         )
 
     def _writes(
@@ -361,4 +364,5 @@ class JoinRouter:
             event.raw,
             wall_ms,
             DLQ_MAX_PAYLOAD_BYTES,
+            DLQ_MAX_KEY_CHARS,
         )

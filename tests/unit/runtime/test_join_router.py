@@ -271,6 +271,32 @@ def test_huge_payloads_are_cut_in_the_dead_letter() -> None:
     assert f"of {len(raw)} bytes" in letter.error and letter.offset == 9
 
 
+def test_a_poison_key_and_value_make_a_letter_under_the_producer_limit() -> None:
+    """Issue 9: a 600 KB key and a 1 MB value once made a 1.2 MB letter (key written twice),
+    refused by the producer: the worker died on it at every restart."""
+    import hashlib
+
+    router = make_router(max_message_bytes=65_536)
+    router.assign(0, None, [])
+    key = b"k" * 600_000
+    raw = b"{" + b"x" * 1_000_000
+    router.offer(InputEvent("clicks", "clk", 0, 5, key, raw, 0))
+    out = router.process(0, router.ready(0, 0, drain=True), wall_ms=0)
+    [(kafka_key, letter)] = out.dead_letters
+    assert kafka_key is not None
+    value = orjson.dumps(letter.to_dict())
+    assert len(value) + len(kafka_key) < 1_000_000  # the producer's default limit is 1 MB
+    assert letter.truncated == {
+        "payload_bytes": len(raw), "payload_sha256": hashlib.sha256(raw).hexdigest(),
+        "key_chars": len(key), "key_sha256": hashlib.sha256(key).hexdigest(),
+    }
+    assert letter.reason == "too_large" and letter.offset == 5
+    assert raw.startswith(letter.payload) and key.decode().startswith(letter.key)
+    from tests.unit.core.codec.schema_support import validator
+
+    assert list(validator("dead_letter").iter_errors(letter.to_dict())) == []
+
+
 def test_future_timestamps_are_measured_against_the_arrival_wall_clock() -> None:
     router = make_router(max_future_ms=1_000)
     router.assign(0, None, [])
