@@ -195,6 +195,8 @@ def test_cli_status_not_running(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert json.loads(capsys.readouterr().out)["running"] is False
     assert _run_cli(["kafka", "stop", "--data-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == "not running"
+    assert _run_cli(["kafka", "stop", "--json", "--data-dir", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"stopped": False}
 
 
 def test_cli_without_action_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -65,6 +65,7 @@ def add_parser(subparsers: Any) -> None:
 
     stop = sub.add_parser("stop", parents=[common], help="stop the broker (SIGTERM, then KILL)")
     stop.add_argument("--timeout", type=float, default=30.0, help="seconds before SIGKILL")
+    stop.add_argument("--json", action="store_true", help='print {"stopped": true|false}')
 
     status = sub.add_parser(
         "status", parents=[common], help="print the bootstrap address; exit 1 if not running"
@@ -100,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if action == "stop":
             stopped = broker.stop(timeout_s=args.timeout)
-            print("stopped" if stopped else "not running")
+            if args.json:
+                print(json.dumps({"stopped": stopped}))
+            else:
+                print("stopped" if stopped else "not running")
             return 0
         if action == "status":
             info = broker.status()
