@@ -85,6 +85,9 @@ class _Model:
         self.gate = CohortGate()
         self.scopes: dict[str, ScopeState] = {GLOBAL: ScopeState(config)}
         self.user_versions: dict[str, _UserVersion] = {}
+        # What the user versions were last synced against (see _sync_users); not state: a
+        # restored policy re-checks every user once, which publishes nothing new.
+        self.synced: tuple[tuple[str, int, int], ...] | None = None
         # Segment codes (first-seen order) tag the global scope's ring events.
         self.seg_codes: dict[str, int] = {}
 
@@ -983,7 +986,16 @@ class RecalibrationPolicy:
         self, model_id: str, model: _Model, created_at: str, drift: bool
     ) -> list[dict[str, Any]]:
         """Users with a version of an older regime, or mirroring a fallback that changed,
-        get the fallback's calibrator as a new version (``follow`` mode)."""
+        get the fallback's calibrator as a new version (``follow`` mode).
+
+        A user's fallback and regime come from the scopes' versions and regimes, and every
+        user is in step with them after a sync (a user's own publications are too): while
+        no scope has a new version or regime since the last sync there is nothing to do, so
+        the scan over every user with a version does not run at every refit."""
+        scopes = tuple((k, st.version, st.regime_seq) for k, st in sorted(model.scopes.items()))
+        if scopes == model.synced:
+            return []
+        model.synced = scopes
         out = []
         for user_id in sorted(model.user_versions):
             rec = model.user_versions[user_id]

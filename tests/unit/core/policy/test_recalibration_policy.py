@@ -420,3 +420,24 @@ def test_docstring_examples(module: Any) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_user_sync_skipped_between_scope_changes_publishes_what_a_full_scan_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`_sync_users` skips its scan while no scope has a new version or regime; forcing
+    the scan at every refit must publish exactly the same messages (user versions, then a
+    regime change that sends them back to following their fallback)."""
+    specials = {"loud": (1.0, 2.0), "shy": (1.0, -1.5)}
+    ev = make_events(60_000, seed=11, gap_ms=5_000, n_users=300, special_users=specials,
+                     special_share=0.08, change_at=40_000, temperature_after=1.7)
+    skipped = run(RecalibrationPolicy(), ev)
+    assert any(m["scope"].startswith("user:") for m in skipped)
+    original = RecalibrationPolicy._sync_users
+
+    def always_scan(self: RecalibrationPolicy, model_id: str, model: Any, *args: Any) -> Any:
+        model.synced = None
+        return original(self, model_id, model, *args)
+
+    monkeypatch.setattr(RecalibrationPolicy, "_sync_users", always_scan)
+    assert run(RecalibrationPolicy(), ev) == skipped
