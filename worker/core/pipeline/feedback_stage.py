@@ -249,11 +249,14 @@ class FeedbackStage:
             model = self._models[model_id] = ModelState(self._cfg)
         return model
 
-    def on_impression(self, imp: Impression, created_at: str) -> Outputs:
+    def on_impression(
+        self, imp: Impression, created_at: str, out: Outputs | None = None
+    ) -> Outputs:
         """An impression the join accepted (call it right after ``join.add_impression``,
         before the step's feedback), in input order."""
         _check_created_at(created_at)
-        out = Outputs()
+        if out is None:
+            out = Outputs()
         if imp.ts > self._max_ts:
             self._max_ts = imp.ts
         model = self._model(imp.model_id)
@@ -281,17 +284,24 @@ class FeedbackStage:
         self._raw_clicks.observe_clicks(1, click.ts)
         return Outputs.EMPTY
 
-    def on_late_click(self, click: Click, created_at: str) -> Outputs:
+    def on_late_click(
+        self, click: Click, created_at: str, out: Outputs | None = None
+    ) -> Outputs:
         """A click the join classified as late (``JoinStep.late_clicks``)."""
         _check_created_at(created_at)
-        out = Outputs()
+        if out is None:
+            out = Outputs()
         self._click_timing(True, click.ts, created_at, out)
         return out
 
-    def on_feedback(self, fb: Feedback, created_at: str) -> Outputs:
-        """A mature label (``JoinStep.feedback``, in order); returns what it caused."""
+    def on_feedback(
+        self, fb: Feedback, created_at: str, out: Outputs | None = None
+    ) -> Outputs:
+        """A mature label (``JoinStep.feedback``, in order); returns what it caused (appended
+        to ``out`` when given: the pipeline collects a whole batch in one ``Outputs``)."""
         _check_created_at(created_at)
-        out = Outputs()
+        if out is None:
+            out = Outputs()
         imp = fb.impression
         model_id = imp.model_id
         y = fb.label

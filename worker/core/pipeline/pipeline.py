@@ -158,7 +158,7 @@ class Pipeline:
                     self._reject(out, ref, event.user_id, exc.reason, str(exc))
                     continue
                 if not held:
-                    self._publish(out, stage.on_impression(event, self._created_at()))
+                    stage.on_impression(event, self._created_at(), out)
             else:
                 if not held:
                     self._publish(out, stage.on_click(event, self._created_at()))
@@ -213,7 +213,7 @@ class Pipeline:
             if event.ts > self._max_ts:
                 self._max_ts = event.ts
             if isinstance(event, Impression):
-                self._publish(out, stage.on_impression(event, self._created_at()))
+                stage.on_impression(event, self._created_at(), out)
             else:
                 self._publish(out, stage.on_click(event, self._created_at()))
         for fb in step.feedback:
@@ -222,13 +222,13 @@ class Pipeline:
             # them so a version's created_at is never before its event_ts.
             if fb.label_ts > self._max_ts:
                 self._max_ts = fb.label_ts
-            self._publish(out, stage.on_feedback(fb, self._created_at()))
+            stage.on_feedback(fb, self._created_at(), out)
         for click, ref in step.orphans:
             self._reject(out, ref, click.user_id, "orphan_click", orphan_click_error(click))
         for event, ref in step.future:
             self._reject(out, ref, event.user_id, "future_ts", future_ts_error(event))
         for click in step.late_clicks:
-            self._publish(out, stage.on_late_click(click, self._created_at()))
+            stage.on_late_click(click, self._created_at(), out)
 
     @staticmethod
     def _publish(out: Outputs, produced: Outputs) -> None:
