@@ -73,6 +73,23 @@ class BetaPosterior:
         s = _checks.config_positive("strength", strength)
         return cls(m * s, (1.0 - m) * s, half_life_ms=half_life_ms)
 
+    @classmethod
+    def from_rate_unchecked(
+        cls, mean: float, strength: float, half_life_ms: float | None
+    ) -> BetaPosterior:
+        """``from_rate`` for arguments already validated, as floats (the posterior store's
+        own clamped rates and configured strengths): a store creates a prior for every new
+        (user, arm) pair, and the checks cost more than the rest of that event's update."""
+        out = cls.__new__(cls)
+        out._alpha0 = mean * strength
+        out._beta0 = (1.0 - mean) * strength
+        out._half_life = half_life_ms
+        out._successes = 0.0
+        out._failures = 0.0
+        out._n = 0
+        out._last_ts = None
+        return out
+
     # ------------------------------------------------------------------ read-only properties
 
     @property

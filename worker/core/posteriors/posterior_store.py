@@ -290,7 +290,9 @@ class PosteriorStore:
 
     def _prior(self, rate: float, strength: float | None = None) -> BetaPosterior:
         s = self._prior_strength if strength is None else strength
-        return BetaPosterior.from_rate(rate, s, half_life_ms=self._half_life)
+        # ``rate`` is clamped into (0, 1) by _shrunk or set_segment_rate, the strengths and
+        # the half-life were validated by the constructor.
+        return BetaPosterior.from_rate_unchecked(rate, s, self._half_life)
 
     # ------------------------------------------------------------------ updates
 

@@ -241,3 +241,14 @@ def test_from_dict_rejects_malformed(mutate) -> None:
     mutate(data)
     with pytest.raises(StateError):
         BetaPosterior.from_dict(data)
+
+
+@given(st.floats(1e-4, 1 - 1e-4), st.floats(0.01, 1e4),
+       st.one_of(st.none(), st.floats(1.0, 1e12)))
+def test_from_rate_unchecked_is_from_rate_for_valid_arguments(
+    mean: float, strength: float, half_life: float | None
+) -> None:
+    checked = BetaPosterior.from_rate(mean, strength, half_life_ms=half_life)
+    assert BetaPosterior.from_rate_unchecked(mean, strength, half_life).to_dict() == (
+        checked.to_dict()
+    )
