@@ -225,7 +225,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     preset = getattr(args, "scenario", None)
     if preset is None:
         return Scenario(**kwargs)
-    typed = getattr(args, "explicit", set())
+    typed: set[str] = getattr(args, "explicit", set())
     overrides = {
         field: kwargs[field] for dest, field in _FIELD_OF_FLAG.items() if dest in typed
     }
