@@ -501,14 +501,14 @@ def realistic(n_events: int = REALISTIC_EVENTS, seed: int = 0, **overrides: Any)
     overconfident every early morning (temperature x1.6 around 06:30 UTC, a recurring
     pattern, not a change), user activity is Pareto-tailed with per-user effects the model
     does not see, click probability decays with position (the model captures half of it),
-    the base rate drifts down slowly over the days, and the model is retrained once, at 70 %
-    of the stream. The stream always spans ``REALISTIC_DAYS`` of event time (the rate
-    follows ``n_events``) and the retrain index scales with it; ``overrides`` replace any
-    knob, those two included.
+    the base rate drifts down slowly over the days, and the model is retrained once, at
+    77.5 % of the impressions (~15:00 UTC on day 5). The stream always spans
+    ``REALISTIC_DAYS`` of event time (the rate follows ``n_events``) and the retrain index
+    scales with it; ``overrides`` replace any knob, those two included.
 
     >>> sc = realistic(60_000, seed=1)
     >>> sc.drift_at_event, round(sc.events_per_second * 86_400 * REALISTIC_DAYS)
-    (42000, 60000)
+    (46500, 60000)
     >>> realistic(1_000, temperature=1.2).temperature
     1.2
     """
@@ -541,7 +541,9 @@ def realistic(n_events: int = REALISTIC_EVENTS, seed: int = 0, **overrides: Any)
         "diurnal_temperature_factor": 1.6,
         "diurnal_miscal_peak_hour": 6.5,
         "diurnal_miscal_width_hours": 1.5,
-        "drift_at_event": round(0.7 * n_events),
+        # 77.5 % of the impressions is ~15:00 UTC on day 5: a genuine change, away from the
+        # morning pattern so that the two can be told apart.
+        "drift_at_event": round(0.775 * n_events),
         "drift_temperature": 1.2,
         "drift_bias": -0.2,
         "context_fields": True,

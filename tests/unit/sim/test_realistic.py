@@ -183,7 +183,7 @@ def test_preset_clicks_decrease_with_position(preset: dict[str, np.ndarray]) -> 
 def test_preset_model_jump_is_at_the_configured_index() -> None:
     sc = realistic(8_000, seed=5)
     at = sc.drift_at_event
-    assert at == 5_600
+    assert at == 6_200
     jumped = _columns(sc)
     frozen = _columns(realistic(8_000, seed=5, drift_at_event=None, drift_temperature=None,
                                 drift_bias=None))
@@ -243,7 +243,7 @@ def test_cli_scenario_preset_with_explicit_overrides() -> None:
     sc = cli.scenario_from_args(args)
     preset = realistic(60_000, seed=3)
     assert sc == realistic(60_000, seed=3, diurnal_temperature_factor=2.0)
-    assert sc.drift_at_event == preset.drift_at_event == 42_000
+    assert sc.drift_at_event == preset.drift_at_event == 46_500
     assert sc.events_per_second == preset.events_per_second
     plain = cli.scenario_from_args(parser.parse_args(["simulate", "--events", "10"]))
     assert plain == Scenario(n_events=10)
