@@ -14,7 +14,11 @@ Examples::
         --drift-temperature 0.8 --duplicates 0.01 --reorder-ms 30000 --malformed 0.005 \\
         --orphans 0.01 --out big.jsonl
     recal simulate --events 1000 | head
+    recal simulate --scenario realistic --seed 2 --events 60000 --out real.jsonl
     recal simulate --events 100000 --start-ts $(date +%s000) --to-kafka 127.0.0.1:9092
+
+``--scenario realistic`` starts from the preset ``worker.sim.scenario.realistic`` (6 days of
+event time whatever ``--events``); flags given explicitly override its values.
 
 With ``--out FILE`` the expected-outcomes manifest ``FILE.expected.json`` is written next to
 it; the one-line summary goes to stderr either way. With ``--to-kafka BOOTSTRAP`` the stream
@@ -36,11 +40,30 @@ from typing import Any
 import orjson
 
 from worker.core.errors import ConfigError
-from worker.sim.scenario import SCORE_FIELDS, Scenario
+from worker.sim.scenario import PRESETS, SCORE_FIELDS, Scenario
 from worker.sim.streamrec import SimEvent, SimSummary, generate, manifest_path, write_jsonl
 
 #: Outputs at least this large show progress on a terminal.
 _PROGRESS_MIN_EVENTS = 100_000
+
+
+class _StoreExplicit(argparse._StoreAction):
+    """The plain ``store`` action that also records its ``dest`` in ``namespace.explicit``.
+
+    A preset must give way to the flags the user typed, including one set to its plain
+    default value, which comparing values against the defaults cannot tell apart.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        explicit: set[str] = getattr(namespace, "explicit", set())
+        namespace.explicit = explicit | {self.dest}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -62,7 +85,12 @@ def add_parser(subparsers: Any) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    # Argument groups share the parser's registry: every plain flag records that it was given.
+    p.register("action", None, _StoreExplicit)
+    p.register("action", "store", _StoreExplicit)
     d = Scenario()
+    p.add_argument("--scenario", choices=sorted(PRESETS), default=None,
+                   help="start from a named preset (explicit flags override its values)")
     g = p.add_argument_group("size and time")
     g.add_argument("--events", type=int, default=d.n_events, help="impressions to generate")
     g.add_argument("--users", type=int, default=d.n_users, help="number of users")
@@ -86,6 +114,14 @@ def add_parser(subparsers: Any) -> None:
                    help="impression index from which true odds are multiplied")
     g.add_argument("--base-rate-shift", type=float, default=d.base_rate_shift_odds,
                    help="odds multiplier applied from --base-rate-shift-at")
+    g.add_argument("--diurnal-traffic", type=float, default=d.diurnal_traffic_amplitude,
+                   help="relative amplitude of the daily traffic cycle, in [0, 1)")
+    g.add_argument("--diurnal-ctr", type=float, default=d.diurnal_ctr_amplitude,
+                   help="log-odds amplitude of the daily CTR cycle")
+    g.add_argument("--base-rate-drift", type=float, default=d.base_rate_drift_per_day,
+                   help="true log-odds change per day of event time (the model misses it)")
+    g.add_argument("--position-decay", type=float, default=d.position_decay,
+                   help="true logit falls by this times log(1 + position)")
 
     g = p.add_argument_group("served model")
     g.add_argument("--temperature", type=float, default=d.temperature,
@@ -99,6 +135,10 @@ def add_parser(subparsers: Any) -> None:
                    help="temperature from --drift-at on (default: unchanged)")
     g.add_argument("--drift-bias", type=float, default=None,
                    help="bias from --drift-at on (default: unchanged)")
+    g.add_argument("--diurnal-temperature", type=float, default=d.diurnal_temperature_factor,
+                   help="temperature factor at --diurnal-miscal-hour (> 1: overconfident then)")
+    g.add_argument("--diurnal-miscal-hour", type=float, default=d.diurnal_miscal_peak_hour,
+                   help="UTC hour where the served model's daily miscalibration peaks")
     g.add_argument("--score-field", choices=SCORE_FIELDS, default=d.score_field,
                    help="which of score/logit the impressions carry")
 
@@ -135,41 +175,63 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+#: Flag destination -> Scenario field.
+_FIELD_OF_FLAG: dict[str, str] = {
+    "events": "n_events",
+    "users": "n_users",
+    "items": "n_items",
+    "seed": "seed",
+    "start_ts": "start_ts_ms",
+    "rate": "events_per_second",
+    "model_id": "model_id",
+    "ctr_alpha": "ctr_alpha",
+    "ctr_beta": "ctr_beta",
+    "item_logit_sd": "item_logit_sd",
+    "new_users": "new_user_share",
+    "base_rate_shift_at": "base_rate_shift_at",
+    "base_rate_shift": "base_rate_shift_odds",
+    "diurnal_traffic": "diurnal_traffic_amplitude",
+    "diurnal_ctr": "diurnal_ctr_amplitude",
+    "base_rate_drift": "base_rate_drift_per_day",
+    "position_decay": "position_decay",
+    "temperature": "temperature",
+    "bias": "bias",
+    "model_noise": "model_noise_sd",
+    "drift_at": "drift_at_event",
+    "drift_temperature": "drift_temperature",
+    "drift_bias": "drift_bias",
+    "diurnal_temperature": "diurnal_temperature_factor",
+    "diurnal_miscal_hour": "diurnal_miscal_peak_hour",
+    "score_field": "score_field",
+    "window_ms": "attribution_window_ms",
+    "click_delay_ms": "click_delay_mean_ms",
+    "late_clicks": "late_click_share",
+    "skew": "skew_share",
+    "duplicates": "duplicate_share",
+    "reorder_ms": "reorder_within_ms",
+    "malformed": "malformed_share",
+    "orphans": "orphan_click_share",
+}
+
+
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
-    """Build the ``Scenario`` from parsed flags (raises ``ConfigError`` on invalid values)."""
-    kwargs: dict[str, Any] = {
-        "n_events": args.events,
-        "n_users": args.users,
-        "n_items": args.items,
-        "seed": args.seed,
-        "start_ts_ms": args.start_ts,
-        "events_per_second": args.rate,
-        "model_id": args.model_id,
-        "ctr_alpha": args.ctr_alpha,
-        "ctr_beta": args.ctr_beta,
-        "item_logit_sd": args.item_logit_sd,
-        "new_user_share": args.new_users,
-        "base_rate_shift_at": args.base_rate_shift_at,
-        "base_rate_shift_odds": args.base_rate_shift,
-        "temperature": args.temperature,
-        "bias": args.bias,
-        "model_noise_sd": args.model_noise,
-        "drift_at_event": args.drift_at,
-        "drift_temperature": args.drift_temperature,
-        "drift_bias": args.drift_bias,
-        "score_field": args.score_field,
-        "attribution_window_ms": args.window_ms,
-        "click_delay_mean_ms": args.click_delay_ms,
-        "late_click_share": args.late_clicks,
-        "skew_share": args.skew,
-        "duplicate_share": args.duplicates,
-        "reorder_within_ms": args.reorder_ms,
-        "malformed_share": args.malformed,
-        "orphan_click_share": args.orphans,
-    }
+    """Build the ``Scenario`` from parsed flags (raises ``ConfigError`` on invalid values).
+
+    With ``--scenario NAME`` the preset supplies every knob the user did not type.
+    """
+    kwargs: dict[str, Any] = {field: getattr(args, dest) for dest, field in _FIELD_OF_FLAG.items()}
     if args.no_arms:
         kwargs["arms"] = ()
-    return Scenario(**kwargs)
+    preset = getattr(args, "scenario", None)
+    if preset is None:
+        return Scenario(**kwargs)
+    typed: set[str] = getattr(args, "explicit", set())
+    overrides = {
+        field: kwargs[field] for dest, field in _FIELD_OF_FLAG.items() if dest in typed
+    }
+    if args.no_arms:
+        overrides["arms"] = ()
+    return PRESETS[preset](**overrides)
 
 
 class _Progress:

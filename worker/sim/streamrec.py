@@ -55,8 +55,17 @@ CHUNK = 8_192
 _NEW_USER_SPAN_FRACTION = 0.1
 #: Cap on the share of late impressions that go to new users (the rest keep the base alive).
 _NEW_USER_MAX_SHARE = 0.5
-#: Positions drawn uniformly in [0, _POSITIONS); they do not affect the click probability.
+#: Positions drawn uniformly in [0, _POSITIONS); they move the click probability only with
+#: ``position_decay``.
 _POSITIONS = 10
+#: ``context.device`` values and their shares among users (``context_fields``).
+DEVICES: tuple[str, ...] = ("mobile", "desktop", "tablet")
+_DEVICE_SHARES = np.array([0.6, 0.3, 0.1])
+_DAY_MS = 86_400_000
+_HOUR_MS = 3_600_000
+#: Bisection steps that invert the diurnal traffic clock: the bracket (< 1 day wide) halves
+#: each step, so 60 steps reach far below a millisecond.
+_CLOCK_BISECTIONS = 60
 
 MANIFEST_VERSION = 1
 
@@ -298,6 +307,8 @@ class _Population:
     seg_bias: np.ndarray
     arm_names: list[str]
     arm_offset: np.ndarray
+    user_effect: np.ndarray | None = None  # per-user true-logit effect the model misses
+    user_device: np.ndarray | None = None  # index into DEVICES, with context_fields
 
 
 def _cdf(weights: np.ndarray) -> np.ndarray:
@@ -328,11 +339,17 @@ def _population(sc: Scenario, rng: np.random.Generator) -> _Population:
         if n_arms
         else None
     )
-    activity = rng.lognormal(0.0, sc.user_activity_sigma, n_est)
+    if sc.user_activity_pareto_shape is None:
+        activity = rng.lognormal(0.0, sc.user_activity_sigma, n_est)
+    else:
+        activity = 1.0 + rng.pareto(sc.user_activity_pareto_shape, n_est)
     ranks = np.arange(1, sc.n_items + 1, dtype=np.float64)
     item_cdf = _cdf(ranks ** (-sc.item_popularity_exponent))
     item_arm = rng.integers(0, max(n_arms, 1), sc.n_items)
     item_eff = rng.normal(0.0, sc.item_logit_sd, sc.n_items)
+    # Drawn only when asked for, so that the draws of older scenarios stay where they were.
+    user_effect = rng.normal(0.0, sc.user_logit_sd, sc.n_users) if sc.user_logit_sd > 0 else None
+    user_device = _draw(_cdf(_DEVICE_SHARES), rng.random(sc.n_users)) if sc.context_fields else None
     # Drawn last: the arrival schedule depends on n_events, everything above must not.
     new_from = math.ceil(sc.new_users_from * sc.n_events)
     late = sc.n_events - new_from
@@ -360,6 +377,8 @@ def _population(sc: Scenario, rng: np.random.Generator) -> _Population:
         seg_bias=seg_bias,
         arm_names=[a.name for a in sc.arms],
         arm_offset=np.array([a.logit_offset for a in sc.arms]),
+        user_effect=user_effect,
+        user_device=user_device,
     )
 
 
@@ -399,6 +418,11 @@ def _events(batch: list[np.ndarray]) -> list[SimEvent]:
     ]
 
 
+def _hour_of_day(ts: np.ndarray) -> np.ndarray:
+    """UTC hour of day (fractional) of epoch-ms times."""
+    return (ts % _DAY_MS) / _HOUR_MS
+
+
 def _encode(objs: list[dict[str, Any]]) -> list[bytes]:
     """orjson-encode each object into an exactly sized ``bytes``.
 
@@ -432,7 +456,8 @@ class _Generator:
         world_seed, stream_seed = np.random.SeedSequence(sc.seed).spawn(2)
         self.pop = _population(sc, np.random.default_rng(world_seed))
         self.rng = np.random.default_rng(stream_seed)
-        self.clock_ms = 0.0  # event time since start_ts_ms, fractional
+        self.clock_ms = 0.0  # event time since start_ts_ms, fractional (at the mean rate)
+        self.last_event_ms = 0.0  # the diurnal clock's last event time since start_ts_ms
         self.seq = 0
         self.n_bad = 0
         # Columns: codes (ndarray), raw lines, keys (user ids), objects (or None).
@@ -486,6 +511,8 @@ class _Generator:
         idx = np.arange(i0, i1)
         clock = self.clock_ms + np.cumsum(rng.exponential(self.gap_mean_ms, n))
         self.clock_ms = float(clock[-1])
+        if sc.diurnal_traffic_amplitude > 0:
+            clock = self._diurnal_clock(clock)
         ts = sc.start_ts_ms + np.floor(clock).astype(np.int64)
 
         users = self._users(idx)
@@ -499,6 +526,14 @@ class _Generator:
         z_model = z
         if sc.base_rate_shift_at is not None:
             z = z + np.where(idx >= sc.base_rate_shift_at, math.log(sc.base_rate_shift_odds), 0.0)
+        # Draws in the order that defines the bytes of every older scenario; the terms that
+        # need the positions are added after all of them.
+        noise = rng.normal(0.0, sc.model_noise_sd, n) if sc.model_noise_sd > 0 else None
+        mode = (
+            np.full(n, self.fixed_mode) if self.fixed_mode is not None else rng.integers(0, 3, n)
+        )
+        pos = rng.integers(0, _POSITIONS, n)
+        z, z_model = self._realistic_terms(z, z_model, users, ts, pos)
         p = sigmoid_array(z)
 
         t0, b0 = sc.temperature_bias_at(i0)
@@ -508,15 +543,16 @@ class _Generator:
             t1, b1 = sc.temperature_bias_at(sc.drift_at_event)
             after = idx >= sc.drift_at_event
             temp[after], bias[after] = t1, b1
-        noisy = (
-            z_model + rng.normal(0.0, sc.model_noise_sd, n) if sc.model_noise_sd > 0 else z_model
-        )
+        if sc.diurnal_temperature_factor != 1 or sc.diurnal_bias_shift != 0:
+            bump = sc.miscal_bump(_hour_of_day(ts))
+            temp = temp * sc.diurnal_temperature_factor**bump
+            bias = bias + sc.diurnal_bias_shift * bump
+        noisy = z_model + noise if noise is not None else z_model
+        if sc.temperature_pivot != 0:
+            noisy = noisy - sc.temperature_pivot
+            bias = bias + sc.temperature_pivot
         logit = temp * noisy + bias + pop.seg_bias[seg]
         score = sigmoid_array(logit)
-        mode = (
-            np.full(n, self.fixed_mode) if self.fixed_mode is not None else rng.integers(0, 3, n)
-        )
-        pos = rng.integers(0, _POSITIONS, n)
 
         clicked = np.flatnonzero(rng.random(n) < p)
         nc = len(clicked)
@@ -589,6 +625,55 @@ class _Generator:
         self.buffer.push(arrival, seqs, [codes, _objects(raws), _objects(keys), _objects(objs)])
         return int(ts[-1])
 
+    def _diurnal_clock(self, clock: np.ndarray) -> np.ndarray:
+        """Map a steady-rate clock onto event time with the diurnal traffic curve.
+
+        ``clock`` (ms since start) is a Poisson process of the mean rate; the event time ``t``
+        with ``Lambda(t) = clock``, ``Lambda`` the integrated relative rate
+        ``1 + A cos(w (start + t - peak))``, makes it a Poisson process of the diurnal rate
+        (time change). ``Lambda`` is increasing and within ``2A / w`` of ``t``, so bisection
+        on that bracket is exact to well below a millisecond, vectorised and deterministic.
+        """
+        sc = self.sc
+        amp = sc.diurnal_traffic_amplitude
+        omega = 2.0 * math.pi / _DAY_MS
+        phase0 = sc.start_ts_ms - sc.diurnal_traffic_peak_hour * _HOUR_MS
+        sin0 = math.sin(omega * phase0)
+        reach = 2.0 * amp / omega
+        lo, hi = clock - reach, clock + reach
+        for _ in range(_CLOCK_BISECTIONS):
+            mid = 0.5 * (lo + hi)
+            integrated = mid + amp / omega * (np.sin(omega * (phase0 + mid)) - sin0)
+            below = integrated < clock
+            lo = np.where(below, mid, lo)
+            hi = np.where(below, hi, mid)
+        # Float round-off must never send an impression back in time (nor before the start).
+        t = np.maximum.accumulate(np.maximum(0.5 * (lo + hi), self.last_event_ms))
+        self.last_event_ms = float(t[-1])
+        return t
+
+    def _realistic_terms(
+        self, z: np.ndarray, z_model: np.ndarray, users: np.ndarray, ts: np.ndarray,
+        pos: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Add the time-of-day, drift, per-user and position terms to the true/model logits."""
+        sc, pop = self.sc, self.pop
+        if sc.diurnal_ctr_amplitude > 0:
+            z = z + sc.ctr_cycle(_hour_of_day(ts))
+        if sc.base_rate_drift_per_day != 0:
+            z = z + sc.base_rate_drift_per_day * (ts - sc.start_ts_ms) / _DAY_MS
+        if pop.user_effect is not None:
+            z = z + pop.user_effect[users]
+        if sc.position_decay > 0:
+            effect = -sc.position_decay * np.log1p(pos)
+            z = z + effect
+            # The served model learnt the average position bias but only part of its slope,
+            # so it is right on average and wrong at the top and the bottom of the list.
+            mean_effect = -sc.position_decay * float(np.mean(np.log1p(np.arange(_POSITIONS))))
+            share = sc.position_model_share
+            z_model = z_model + share * effect + (1.0 - share) * mean_effect
+        return z, z_model
+
     def _impressions(
         self,
         i0: int,
@@ -659,6 +744,13 @@ class _Generator:
         if not arm_names:
             for o in objs:
                 del o["arm"]
+        if pop.user_device is not None:
+            hours = (ts % _DAY_MS // _HOUR_MS).tolist()
+            devices = [DEVICES[d] for d in pop.user_device[users].tolist()]
+            for o, h, dv in zip(objs, hours, devices, strict=True):
+                ctx = o["context"]
+                ctx["hour"] = h
+                ctx["device"] = dv
         return _encode(objs), uids, self._kept(objs)
 
     def _kept(self, objs: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
