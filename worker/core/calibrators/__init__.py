@@ -6,6 +6,7 @@ from worker.core.calibrators.factory import calibrator_from_dict
 from worker.core.calibrators.hierarchical_shrinkage import HierarchicalShrinkage
 from worker.core.calibrators.identity import IdentityCalibrator
 from worker.core.calibrators.isotonic import IsotonicCalibrator
+from worker.core.calibrators.monotone import is_monotone_increasing
 from worker.core.calibrators.platt import PlattCalibrator
 from worker.core.calibrators.temperature import TemperatureCalibrator
 
@@ -18,4 +19,5 @@ __all__ = [
     "PlattCalibrator",
     "TemperatureCalibrator",
     "calibrator_from_dict",
+    "is_monotone_increasing",
 ]

@@ -37,7 +37,8 @@ class PlattCalibrator(Calibrator):
     intercept (Newton/IRLS with backtracking, in numpy), agreeing with scikit-learn's
     ``LogisticRegression(penalty=None)`` to ~1e-8. ``a`` is not constrained to be positive:
     a negative slope means the scores rank backwards, which the caller should treat as a
-    broken model rather than a calibration.
+    broken model rather than a calibration (the policy never publishes one, see
+    ``is_monotone_increasing``).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(1)

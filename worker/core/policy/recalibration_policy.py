@@ -20,6 +20,7 @@ from worker.core.calibrators import (
     PlattCalibrator,
     TemperatureCalibrator,
     calibrator_from_dict,
+    is_monotone_increasing,
 )
 from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.join.cohort_gate import CohortGate
@@ -777,7 +778,13 @@ class RecalibrationPolicy:
         """Fitted candidates in a fixed order (the order breaks exact ties), duplicates
         removed: global fits, or segment fits shrunk toward ``parent``; then the given
         isotonic fit, the ``fallback`` (the global's calibrator, a segment's way back to
-        it) and identity."""
+        it) and identity.
+
+        A map that is not monotone increasing is no candidate (DESIGN §3): a small segment
+        whose clicks happen not to follow the score fits a Platt slope <= 0 that beats the
+        global on its own noisy holdout. Without it the refit proceeds as when nothing
+        beats the served version (identity is always left), and the change path, which
+        draws from here too, finds no candidate."""
         methods = self._cfg.methods
         fits: list[tuple[str, Calibrator]] = []
         if key == GLOBAL:
@@ -801,7 +808,7 @@ class RecalibrationPolicy:
         out = []
         for name, cal in fits:
             d = cal.to_dict()
-            if d not in seen:
+            if d not in seen and is_monotone_increasing(cal):
                 seen.append(d)
                 out.append(Candidate(name, cal, dict(training)))
         return out
@@ -965,7 +972,8 @@ class RecalibrationPolicy:
         if own is not None and rec is not None and beats(l_served, l_fallback, *gate):
             # The user's version has become worse than the fallback: back to the fallback.
             return self._user_mirror(model_id, model, user_id, rec, regime, created_at, drift)
-        if not beats(l_fallback, l_cand, *gate):
+        if not beats(l_fallback, l_cand, *gate) or not is_monotone_increasing(cand_cal):
+            # A decreasing fit is no candidate (DESIGN §3): the user keeps what it has.
             return None
         if own is not None and not beats(l_served, l_cand, *gate):
             return None
@@ -1223,10 +1231,14 @@ def _within_schwarz_margin(simpler: Scored, richer: Scored) -> bool:
 
 
 def _with_residual(cal: dict[str, Any], residual: tuple[float, float] | None) -> dict[str, Any]:
-    """``cal o residual`` when there is a residual and ``cal`` is logit-affine, else ``cal``."""
+    """``cal o residual`` when there is a residual and ``cal`` is logit-affine, else ``cal``.
+
+    A mirror publishes this, so a composition that is not monotone increasing (only
+    possible from state written before the rule existed: residuals have a positive slope)
+    falls back to ``cal`` itself."""
     if residual is not None:
         composed = compose(cal, residual)
-        if composed is not None:
+        if composed is not None and is_monotone_increasing(calibrator_from_dict(composed)):
             return composed
     return cal
 

@@ -19,6 +19,7 @@ from worker.core.calibrators import (
     PlattCalibrator,
     TemperatureCalibrator,
     calibrator_from_dict,
+    is_monotone_increasing,
 )
 from worker.core.errors import ConfigError, InvalidInputError
 
@@ -262,9 +263,50 @@ def test_equality_and_hash():
         "factory",
         "eligibility",
         "hierarchical_shrinkage",
+        "monotone",
     ],
 )
 def test_doctests(name):
     module = importlib.import_module(f"worker.core.calibrators.{name}")
     result = doctest.testmod(module)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_is_monotone_increasing_is_the_design_rule():
+    """DESIGN §3: T > 0, a > 0, isotonic non-decreasing; the constructors stay lenient."""
+    ok = [
+        IdentityCalibrator(),
+        TemperatureCalibrator(0.01),
+        TemperatureCalibrator(100.0),
+        PlattCalibrator(1e-9, -3.0),
+        PlattCalibrator(2.5, 0.4),
+        IsotonicCalibrator([0.3], [0.2]),
+        IsotonicCalibrator([0.0, 0.5, 1.0], [0.1, 0.1, 0.9]),
+    ]
+    bad = [PlattCalibrator(0.0, -1.0), PlattCalibrator(-0.029, -3.1), PlattCalibrator(-2, 0)]
+    assert all(is_monotone_increasing(c) for c in ok)
+    assert not any(is_monotone_increasing(c) for c in bad)
+    # Old messages with a non-positive slope still load (serving must read them).
+    assert calibrator_from_dict({"method": "platt", "params": {"a": -0.029, "b": -3.1}})
+
+
+def test_is_monotone_increasing_refuses_unknown_methods():
+    # A future method (e.g. contextual) is not published until the predicate knows it.
+    class Other(Calibrator):
+        method = "other"
+
+        def params(self):
+            return {}
+
+        def apply_logit(self, z):
+            return -z
+
+        @classmethod
+        def from_params(cls, params):
+            return cls()
+
+        @classmethod
+        def fit(cls, z, y, weights=None):
+            return cls()
+
+    assert not is_monotone_increasing(Other())
