@@ -119,8 +119,12 @@ class Meter:
         """Count ``k`` more messages; True once all ``total`` have been seen."""
         self.n += k
         self.t1 = time.perf_counter()
+        if self.n < self.total:
+            return False
+        # Only at the end: reading /proc/self/stat costs tens of µs, a per-event variant
+        # that read it with every message would be charged for it.
         self.cpu1 = self.cpu()
-        return self.n >= self.total
+        return True
 
     def report(self, **extra: Any) -> None:
         result = {"n": self.n, "wall_s": self.t1 - self.t0, "cpu_s": self.cpu1 - self.cpu0,
@@ -210,7 +214,7 @@ def run_quix(args: argparse.Namespace, state_dir: str) -> None:
     app = Application(
         broker_address=args.bootstrap, consumer_group=f"bench-quix-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest", processing_guarantee="exactly-once",
-        commit_interval=TXN_EVERY_S, loglevel="WARNING", use_changelog_topics=False,
+        commit_interval=args.quix_commit_interval, loglevel="WARNING", use_changelog_topics=False,
         state_dir=state_dir, auto_create_topics=False,
     )
     source = app.topic(args.topic, key_deserializer="bytes", value_deserializer="json")
@@ -336,7 +340,8 @@ class Row:
 
 
 def run_child(
-    variant: str, bootstrap: str, topic: str, out_topic: str, n: int, timeout_s: float
+    variant: str, bootstrap: str, topic: str, out_topic: str, n: int, timeout_s: float,
+    extra: list[str],
 ) -> tuple[dict[str, Any] | None, str]:
     """One variant in its own process; (its result, or None and the reason)."""
     fd, name = tempfile.mkstemp(prefix=f"recal-bench-{variant}-", suffix=".json")
@@ -345,7 +350,7 @@ def run_child(
     result.unlink()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant,
            "--bootstrap", bootstrap, "--topic", topic, "--out-topic", out_topic,
-           "--messages", str(n), "--result", str(result)]
+           "--messages", str(n), "--result", str(result), *extra]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
@@ -411,13 +416,14 @@ def run(args: argparse.Namespace, bootstrap: str, broker_note: str) -> int:
     if "quix" in rows:
         rows["quix"].skipped = quix_missing()
     timeout_s = args.timeout or max(180.0, n / 1_500)
+    extra = ["--quix-commit-interval", str(args.quix_commit_interval)]
     for rep in range(args.repeat):
         for key, row in rows.items():
             if row.skipped:
                 continue
             started = time.perf_counter()
             res, why = run_child(key, bootstrap, topics["in"], topics.get(key, topics["in"]),
-                                 n, timeout_s)
+                                 n, timeout_s, extra)
             took = time.perf_counter() - started
             if res is None:
                 print(f"  run {rep + 1} {key}: FAILED: {why}", file=sys.stderr)
@@ -465,6 +471,8 @@ def main() -> int:
                         help="runs of every variant, in alternation; best kept")
     parser.add_argument("--only", default=",".join(VARIANTS),
                         help=f"comma-separated subset of {','.join(VARIANTS)}")
+    parser.add_argument("--quix-commit-interval", type=float, default=TXN_EVERY_S,
+                        help="Quix checkpoint (transaction) interval in s (default %(default)s)")
     parser.add_argument("--bootstrap", help="use this broker instead of a fresh local one")
     parser.add_argument("--timeout", type=float, default=0.0,
                         help="seconds per variant run (default: from the input size)")
