@@ -364,8 +364,8 @@ def run_child(
             return orjson.loads(result.read_bytes()), ""
         finally:
             result.unlink()
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-    return None, f"exit {proc.returncode}, no result; stderr tail: {tail}"
+    last = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+    return None, f"exit {proc.returncode}, no result; stderr tail: {last}"
 
 
 def versions() -> str:
