@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from worker.core.conformal import CoverageTracker
 from worker.core.drift import BaseRateShift, CalibrationCusum, ScoreShift
 from worker.core.errors import StateError
@@ -74,11 +72,12 @@ class ScopeDetectors:
             self.flush_coverage(self.coverage)
 
     def flush_coverage(self, tracker: CoverageTracker) -> None:
-        """Move the pending coverage events into ``tracker``."""
+        """Move the pending coverage events into ``tracker`` (values the stage computed
+        itself: no re-validation)."""
         if not self.cov_batch:
             return
         p, y, q, ts = zip(*self.cov_batch, strict=True)
-        tracker.update_many(list(p), list(y), list(q), np.array(ts, dtype=np.int64))
+        tracker.count_trusted(list(p), list(y), list(q), list(ts))
         if tracker is self.coverage:
             self.cov_batch = []
 

@@ -185,3 +185,17 @@ def test_errors() -> None:
         t.merge(CoverageTracker(10))
     with pytest.raises(StateError):
         CoverageTracker.from_dict({**t.to_dict(), "w": -1.0})
+
+
+@given(st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 1), st.floats(0.0, 1.0),
+                          st.integers(0, 10**9)), min_size=1, max_size=60),
+       st.one_of(st.none(), st.floats(1e3, 1e9)))
+def test_count_trusted_counts_like_update_many(
+    batch: list[tuple[float, int, float, int]], half_life: float | None
+) -> None:
+    p, y, q, ts = (list(col) for col in zip(*batch, strict=True))
+    checked = CoverageTracker(half_life)
+    checked.update_many(p, y, q, np.array(ts, dtype=np.int64))
+    trusted = CoverageTracker(half_life)
+    trusted.count_trusted(p, y, q, ts)
+    assert trusted.to_dict() == checked.to_dict()
