@@ -125,6 +125,17 @@ class FeedbackStall:
         bucket[0] += n
         bucket[1] += float(expected_clicks)
 
+    def count_impression(self, expected_click: float, ts: int) -> None:
+        """``observe_impressions(1, expected_click, ts)`` for values the caller computed
+        from validated input (the feedback stage, once per impression and label)."""
+        bucket = self._bucket(ts)
+        bucket[0] += 1
+        bucket[1] += float(expected_click)
+
+    def count_click(self, ts: int) -> None:
+        """``observe_clicks(1, ts)`` for a validated event time."""
+        self._bucket(ts)[2] += 1
+
     def observe_clicks(self, n: int, ts: int) -> None:
         """``n`` clicks arrived at event time ``ts``."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:

@@ -263,7 +263,7 @@ class FeedbackStage:
         z = clamp_logit(imp.logit)
         seg_key = SEGMENT_PREFIX + imp.segment
         p = model.serve_for(model.served_scope(seg_key))(imp.score, z)
-        model.arrivals.observe_impressions(1, p, imp.ts)
+        model.arrivals.count_impression(p, imp.ts)
         if self._shift(imp.model_id, GLOBAL, model.scopes[GLOBAL], z, imp.ts, created_at, out):
             # The model's scores moved: every segment's reference is stale too, including
             # one still warming up (it would learn a mix of both distributions and alarm
@@ -281,7 +281,7 @@ class FeedbackStage:
         _check_created_at(created_at)
         if click.ts > self._max_ts:
             self._max_ts = click.ts
-        self._raw_clicks.observe_clicks(1, click.ts)
+        self._raw_clicks.count_click(click.ts)
         return Outputs.EMPTY
 
     def on_late_click(
@@ -329,9 +329,9 @@ class FeedbackStage:
 
         # Counts that do not depend on label order: the stall and late-click detectors (at
         # label time) and the posteriors (Beta counts).
-        model.matured.observe_impressions(1, p, ts)
+        model.matured.count_impression(p, ts)
         if y:
-            model.matured.observe_clicks(1, ts)
+            model.matured.count_click(ts)
             self._click_timing(False, ts, created_at, out)
         uncertain = None if qhat is None else (p <= qhat and 1.0 - p <= qhat)
         for event in self._store.observe(imp.user_id, imp.arm, imp.segment, y, ts, uncertain):

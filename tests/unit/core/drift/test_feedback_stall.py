@@ -201,3 +201,19 @@ def test_input_validation() -> None:
         det.observe_clicks(1, 1.5)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError):
         det.observe_clicks(True, 0)  # type: ignore[arg-type]
+
+
+@given(st.lists(st.tuples(st.booleans(), st.floats(0.0, 1.0), st.integers(0, 10**8)),
+                max_size=80))
+def test_trusted_counts_equal_the_checked_observations(
+    events: list[tuple[bool, float, int]],
+) -> None:
+    checked, trusted = FeedbackStall(), FeedbackStall()
+    for is_click, p, ts in events:
+        if is_click:
+            checked.observe_clicks(1, ts)
+            trusted.count_click(ts)
+        else:
+            checked.observe_impressions(1, p, ts)
+            trusted.count_impression(p, ts)
+    assert trusted.to_dict() == checked.to_dict()
