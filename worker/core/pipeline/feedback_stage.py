@@ -188,6 +188,12 @@ class FeedbackStage:
         """The largest event time seen (impression, click or label time)."""
         return self._max_ts
 
+    @property
+    def next_tick_ms(self) -> int:
+        """The smallest event time at which ``tick`` acts again (it acts once per stall
+        bucket): a caller may skip the calls before it."""
+        return (self._tick_bucket + 1) * self._bucket_ms
+
     def models(self) -> list[str]:
         """Model ids seen, in first-seen order."""
         return list(self._models)

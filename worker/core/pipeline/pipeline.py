@@ -165,7 +165,8 @@ class Pipeline:
                 step = join.add_click(event, ref=ref, wall_ms=wall_ms)
             if step:
                 self._emit(step, out)
-            self._publish(out, stage.tick(int(self._max_ts), self._created_at()))
+            if self._max_ts >= stage.next_tick_ms:
+                self._publish(out, stage.tick(int(self._max_ts), self._created_at()))
         return out
 
     def advance(self, wall_ms: int) -> Outputs:
