@@ -480,7 +480,8 @@ class PosteriorStore:
 
     def drain_dirty(self, event_ts: int) -> list[dict[str, Any]]:
         """Snapshots (at ``event_ts``) of the pairs updated since the last drain, in order."""
-        out = [self.snapshot(u, a, event_ts) for u, a in self._dirty]
+        ts = _checks.timestamp("event_ts", event_ts)
+        out = [self._snapshot(u, a, ts) for u, a in self._dirty]
         self._dirty.clear()
         return out
 
@@ -540,7 +541,13 @@ class PosteriorStore:
         """
         _checks.identifier("user_id", user_id)
         _checks.identifier("arm", arm)
-        ts = _checks.timestamp("event_ts", event_ts)
+        return self._snapshot(user_id, arm, _checks.timestamp("event_ts", event_ts), segment)
+
+    def _snapshot(
+        self, user_id: str, arm: str, ts: int, segment: str | None = None
+    ) -> dict[str, Any]:
+        # The store's own keys and a checked time: the end-of-replay and batched snapshots
+        # of every pair go through here without re-checking them.
         post = self.posterior(user_id, arm, segment, ts)
         user = self._users.get(user_id) if user_id != POPULATION else None
         tier = user.tier if user is not None and user.tier is not None else None
@@ -560,11 +567,12 @@ class PosteriorStore:
 
     def snapshots(self, event_ts: int) -> Iterator[dict[str, Any]]:
         """Snapshots of every population and (user, arm) posterior held, at ``event_ts``."""
+        ts = _checks.timestamp("event_ts", event_ts)
         for arm in list(self._population):
-            yield self.snapshot(POPULATION, arm, event_ts)
+            yield self._snapshot(POPULATION, arm, ts)
         for uid, user in list(self._users.items()):
             for arm in list(user.arms):
-                yield self.snapshot(uid, arm, event_ts)
+                yield self._snapshot(uid, arm, ts)
 
     # ------------------------------------------------------------------ persistence
 
