@@ -49,6 +49,7 @@ from typing import Any, TextIO
 
 import numpy as np
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from worker.core.errors import ConfigError, InvalidInputError, RecalError
 
@@ -403,9 +404,6 @@ class OutputReader:
 
 # --- the worker's metrics ---------------------------------------------------------------------
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)")
-
-
 def scrape_metrics(port: int, timeout_s: float = 1.0) -> dict[str, Any] | None:
     """The worker's counters from ``/metrics`` (None when it does not answer)."""
     try:
@@ -417,36 +415,26 @@ def scrape_metrics(port: int, timeout_s: float = 1.0) -> dict[str, Any] | None:
 
 
 def parse_metrics(text: str) -> dict[str, Any]:
-    """Input messages processed, feedback by label, dead letters by reason, late clicks.
+    """Input messages processed, feedback by label, dead letters by reason, late clicks, read
+    with prometheus-client's own exposition-format parser.
 
     >>> parse_metrics('recal_events_total{topic="clicks",outcome="accepted"} 3.0\\n'
     ...               'recal_dead_letters_total{reason="schema"} 1.0\\n')["processed"]
     3
     """
     out: dict[str, Any] = {"processed": 0, "feedback": {}, "dead_letters": {}, "late_clicks": 0}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match is None:
-            continue
-        name, labels, value = match.groups()
-        try:
-            number = int(float(value))
-        except ValueError:
-            continue
-        if name == "recal_events_total":
-            out["processed"] += number
-        elif name == "recal_feedback_total":
-            out["feedback"][_label(labels, "label")] = number
-        elif name == "recal_dead_letters_total":
-            out["dead_letters"][_label(labels, "reason")] = number
-        elif name == "recal_late_clicks_total":
-            out["late_clicks"] = number
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            number = int(sample.value)
+            if sample.name == "recal_events_total":
+                out["processed"] += number
+            elif sample.name == "recal_feedback_total":
+                out["feedback"][sample.labels.get("label", "")] = number
+            elif sample.name == "recal_dead_letters_total":
+                out["dead_letters"][sample.labels.get("reason", "")] = number
+            elif sample.name == "recal_late_clicks_total":
+                out["late_clicks"] = number
     return out
-
-
-def _label(labels: str | None, name: str) -> str:
-    match = re.search(rf'{name}="([^"]*)"', labels or "")
-    return match.group(1) if match else ""
 
 
 def http_status(port: int, path: str, timeout_s: float = 2.0) -> int:
