@@ -179,3 +179,12 @@ def test_second_broker_status_and_stop_leave_nothing_behind(
     capsys.readouterr()
     assert _kafka_cli(["kafka", "status", "--data-dir", str(data_dir)]) == 1
     assert capsys.readouterr().out.strip() == "not running"
+
+
+def test_readiness_probe_is_a_metadata_round_trip_through_aiokafka(kafka_bootstrap: str) -> None:
+    from worker.localkafka.broker import LocalKafkaError, probe_metadata
+
+    host, port = kafka_bootstrap.rsplit(":", 1)
+    assert any(p == int(port) for _, _, p in probe_metadata(host, int(port)))
+    with pytest.raises(LocalKafkaError):
+        probe_metadata("127.0.0.1", 1, timeout_s=1.0)  # nothing listens on port 1

@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import socket
-import struct
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,6 @@ from worker.core.errors import ConfigError
 from worker.localkafka import LocalKafka, TopicSpec, new_cluster_id
 from worker.localkafka import cli as kafka_cli
 from worker.localkafka.broker import (
-    decode_metadata_response,
-    encode_metadata_request,
     min_java_major,
     parse_java_major,
     pid_alive,
@@ -87,38 +84,6 @@ def test_parse_java_major(output: str, major: int) -> None:
 def test_min_java_major_by_kafka_version() -> None:
     assert min_java_major("3.9.1") == 11
     assert min_java_major("4.0.0") == 17
-
-
-def test_metadata_request_wire_format() -> None:
-    frame = encode_metadata_request(7, client_id="c")
-    (size,) = struct.unpack(">i", frame[:4])
-    assert size == len(frame) - 4
-    api_key, version, corr, client_len = struct.unpack(">hhih", frame[4:14])
-    assert (api_key, version, corr, client_len) == (3, 4, 7, 1)
-    assert frame[14:15] == b"c"
-    assert frame[15:] == struct.pack(">ib", 0, 0)  # no topics, no auto-create
-
-
-def _string(value: str | None) -> bytes:
-    if value is None:
-        return struct.pack(">h", -1)
-    raw = value.encode()
-    return struct.pack(">h", len(raw)) + raw
-
-
-def test_metadata_response_decoding() -> None:
-    payload = (
-        struct.pack(">ii", 42, 0)  # correlation id, throttle
-        + struct.pack(">i", 1)
-        + struct.pack(">i", 1)
-        + _string("127.0.0.1")
-        + struct.pack(">i", 19092)
-        + _string(None)  # rack
-        + _string("cluster")
-        + struct.pack(">i", 1)  # controller id
-        + struct.pack(">i", 0)  # topics
-    )
-    assert decode_metadata_response(payload) == (42, [(1, "127.0.0.1", 19092)], 1)
 
 
 @pytest.mark.parametrize(

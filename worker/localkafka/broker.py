@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import fcntl
 import json
@@ -24,7 +25,6 @@ import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import time
 import uuid
@@ -155,83 +155,41 @@ def render_log4j_properties() -> str:
     )
 
 
-# --- Kafka wire protocol: one Metadata v4 round trip ------------------------------------------
-# Hand-written so readiness can be checked synchronously, without an event loop (start() is
-# called from sync fixtures and from code that may already run one). v4 is the oldest version
-# Kafka 4.0 still accepts (KIP-896) and is not yet "flexible", so the encoding stays simple.
-
-_METADATA_API_KEY = 3
-_METADATA_VERSION = 4
-
-
-def encode_metadata_request(correlation_id: int, client_id: str = "recal-localkafka") -> bytes:
-    """A size-prefixed Metadata v4 request asking for no topics (brokers only)."""
-    client = client_id.encode("utf-8")
-    header = struct.pack(">hhih", _METADATA_API_KEY, _METADATA_VERSION, correlation_id, len(client))
-    # topics: empty array (not null, which would mean "all topics"); allow_auto_topic_creation.
-    body = struct.pack(">ib", 0, 0)
-    payload = header + client + body
-    return struct.pack(">i", len(payload)) + payload
-
-
-def decode_metadata_response(payload: bytes) -> tuple[int, list[tuple[int, str, int]], int]:
-    """(correlation_id, [(node_id, host, port)], controller_id) of a Metadata v4 response body."""
-    pos = 0
-
-    def take(fmt: str) -> Any:
-        nonlocal pos
-        size = struct.calcsize(fmt)
-        if pos + size > len(payload):
-            raise LocalKafkaError("truncated Metadata response from the broker")
-        (value,) = struct.unpack_from(fmt, payload, pos)
-        pos += size
-        return value
-
-    def take_string() -> str | None:
-        nonlocal pos
-        length = take(">h")
-        if length < 0:
-            return None
-        raw = payload[pos : pos + length]
-        pos += length
-        return raw.decode("utf-8")
-
-    correlation_id = take(">i")
-    take(">i")  # throttle_time_ms
-    brokers: list[tuple[int, str, int]] = []
-    for _ in range(take(">i")):
-        node_id = take(">i")
-        host = take_string() or ""
-        port = take(">i")
-        take_string()  # rack
-        brokers.append((node_id, host, port))
-    take_string()  # cluster_id
-    controller_id = take(">i")
-    return correlation_id, brokers, controller_id
+# --- readiness: one Metadata round trip through aiokafka's admin client ----------------------
+# start() is called from sync fixtures and from code that may already run an event loop, so
+# the probe runs its own loop (asyncio.run) in a short-lived worker thread.
 
 
 def probe_metadata(host: str, port: int, timeout_s: float = 5.0) -> list[tuple[int, str, int]]:
-    """One Metadata round trip to host:port; the brokers the cluster reports."""
-    correlation_id = int(time.monotonic_ns() & 0x7FFFFFFF)
-    with socket.create_connection((host, port), timeout=timeout_s) as sock:
-        sock.sendall(encode_metadata_request(correlation_id))
-        (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-        got_id, brokers, _ = decode_metadata_response(_recv_exact(sock, size))
-    if got_id != correlation_id:
-        raise LocalKafkaError(f"Metadata response correlation id {got_id} != {correlation_id}")
-    return brokers
+    """One Metadata round trip to host:port (aiokafka's admin client); the brokers the
+    cluster reports as ``(node_id, host, port)``. Raises ``LocalKafkaError`` when the broker
+    does not answer in time."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, _describe_brokers(f"{host}:{port}", timeout_s)).result()
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining:
-        chunk = sock.recv(remaining)
-        if not chunk:
-            raise ConnectionError("broker closed the connection mid-response")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
+async def _describe_brokers(bootstrap: str, timeout_s: float) -> list[tuple[int, str, int]]:
+    # Imported here so the CLI's fetch/start/stop work without loading the Kafka client.
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    timeout_ms = max(100, int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    # A broker still starting refuses connections; aiokafka logs each refusal as an error,
+    # which is the normal state of a readiness poll, not something to show.
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        cluster = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        raise LocalKafkaError(f"no Metadata answer from {bootstrap}: {exc!r}") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+        quiet.setLevel(level)
+    return [(int(b["node_id"]), str(b["host"]), int(b["port"])) for b in cluster["brokers"]]
 
 
 # --- process helpers --------------------------------------------------------------------------
