@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from worker.core.errors import InvalidInputError
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _POLL_MS = 200
+_RETRY_MIN_S = 0.5
+_RETRY_MAX_S = 30.0
 
 
 class CalibratorSubscription:
@@ -49,7 +52,9 @@ class CalibratorSubscription:
         self._thread = threading.Thread(
             target=self._run, name=f"recal-client-{topic}", daemon=True
         )
+        # The last error of a failed attempt (the thread retries), for diagnostics.
         self.error: BaseException | None = None
+        self._fatal = False
 
     def start(self) -> None:
         self._thread.start()
@@ -61,14 +66,11 @@ class CalibratorSubscription:
             self._thread.join(timeout_s)
 
     def wait_caught_up(self, timeout_s: float | None = None) -> bool:
-        """True once every record present at subscription was applied; False on timeout.
-
-        Raises the consumer's error if it stopped on one, so a caller waiting at startup
-        hears why instead of timing out.
-        """
+        """True once every record present at subscription was applied; False on timeout
+        (``error`` then says why, if the consumer keeps failing, e.g. no broker)."""
         done = self._caught_up.wait(timeout_s)
-        if self.error is not None:
-            raise RuntimeError(f"calibrator subscription failed: {self.error}") from self.error
+        if self._fatal:
+            raise RuntimeError(f"calibrator subscription stopped: {self.error!r}") from self.error
         return done
 
     @property
@@ -76,12 +78,25 @@ class CalibratorSubscription:
         return self._thread.is_alive()
 
     def _run(self) -> None:
-        try:
-            asyncio.run(self._consume())
-        except BaseException as exc:  # the thread's only way to report is this attribute
-            self.error = exc
-            log.exception("calibrator subscription to %s stopped", self._topic)
-            self._caught_up.set()
+        backoff_s = _RETRY_MIN_S
+        while not self._stopping.is_set():
+            try:
+                asyncio.run(self._consume())
+            except BaseException as exc:
+                if not isinstance(exc, (KafkaError, OSError)):
+                    # Not the broker (a bad consumer option, a bug): stop loudly, and wake
+                    # whoever waits so they hear it instead of timing out.
+                    self.error, self._fatal = exc, True
+                    log.exception("calibrator subscription to %s stopped", self._topic)
+                    self._caught_up.set()
+                    return
+                # Serving keeps its versions while the broker is away; retry from the
+                # beginning (re-read records are stale and ignored), with a capped backoff.
+                self.error = exc
+                log.warning("calibrator subscription to %s failed, retrying in %.1f s: %s",
+                            self._topic, backoff_s, exc)
+                self._stopping.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, _RETRY_MAX_S)
 
     async def _consume(self) -> None:
         consumer = AIOKafkaConsumer(

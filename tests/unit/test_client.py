@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,25 @@ def test_importing_the_client_does_not_load_the_runtime() -> None:
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_subscription_without_a_broker_retries_and_closes() -> None:
+    client = CalibratorClient()
+    client.apply(None, _version("global", 1))
+    sub = client.subscribe("127.0.0.1:1", "recal.calibrators")
+    with pytest.raises(RuntimeError, match="already has a subscription"):
+        client.subscribe("127.0.0.1:1")
+    assert not sub.wait_caught_up(1.5)
+    assert sub.error is not None and sub.running
+    assert client.resolve("m").version == 1  # still serving
+    started = time.monotonic()
+    client.close()
+    assert not sub.running and time.monotonic() - started < 5
+
+
+def test_subscription_with_a_bad_option_stops_loudly() -> None:
+    client = CalibratorClient()
+    sub = client.subscribe("127.0.0.1:1", no_such_option=1)
+    with pytest.raises(RuntimeError, match="stopped"):
+        sub.wait_caught_up(10)
+    client.close()
