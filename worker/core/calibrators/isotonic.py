@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.isotonic import IsotonicRegression
 
 from worker.core.calibrators._numeric import (
     FloatArray,
@@ -137,6 +136,10 @@ class IsotonicCalibrator(Calibrator):
     @classmethod
     def _fit_on_scores(cls, s: FloatArray, y: FloatArray, w: FloatArray) -> IsotonicCalibrator:
         keep = w > 0.0
+        # Imported here: serving (worker.client) applies isotonic maps but never fits one,
+        # and scikit-learn is most of its import time.
+        from sklearn.isotonic import IsotonicRegression
+
         ir = IsotonicRegression(out_of_bounds="clip", increasing=True)
         ir.fit(s[keep], y[keep], sample_weight=w[keep])
         xs = np.asarray(ir.X_thresholds_, dtype=np.float64)
