@@ -22,6 +22,9 @@ from worker.core.mathfn import clamp_logit, sigmoid
 
 __all__ = ["OnlinePlatt"]
 
+# The constructor's keyword arguments, each stored as ``_<name>``.
+_CONFIG_KEYS = ("gamma", "rho", "a_min", "a_max", "b_max")
+
 
 class OnlinePlatt:
     """Online Platt scaling by the online Newton step; ``calibrator()`` is a ``PlattCalibrator``.
@@ -115,13 +118,7 @@ class OnlinePlatt:
 
     def config(self) -> dict[str, float]:
         """The hyper-parameters, as the constructor takes them."""
-        return {
-            "gamma": self._gamma,
-            "rho": self._rho,
-            "a_min": self._a_min,
-            "a_max": self._a_max,
-            "b_max": self._b_max,
-        }
+        return {k: getattr(self, "_" + k) for k in _CONFIG_KEYS}
 
     def calibrator(self) -> PlattCalibrator:
         """The current map as a servable ``platt`` calibrator."""
@@ -208,13 +205,7 @@ class OnlinePlatt:
         try:
             if data.get("v") != 1:
                 raise ValueError(f"unsupported online platt state version {data.get('v')!r}")
-            out = cls(
-                gamma=data["gamma"],
-                rho=data["rho"],
-                a_min=data["a_min"],
-                a_max=data["a_max"],
-                b_max=data["b_max"],
-            )
+            out = cls(**{k: data[k] for k in _CONFIG_KEYS})
             a, b, n = data["a"], data["b"], data["n"]
             aa, ab, bb = data["A"]
             if not all(is_real(v) for v in (a, b, aa, ab, bb)):
