@@ -512,9 +512,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_sims = 300 if args.quick else 2000
     log = print
     log(__doc__.split("\n")[0])
-    log(f"impressions per stream: {n:,}; recalibrate_every={args.recalibrate_every}; "
-        f"attribution window {WINDOW_MS // 1000}s; 0.15 impressions/s "
-        f"({n / 0.15 / 86400:.1f} days); policy: defaults except {_non_defaults(POLICY)}")
+    if set(args.streams.split(",")) - {"realistic"}:
+        log(f"impressions per stream: {n:,}; recalibrate_every={args.recalibrate_every}; "
+            f"attribution window {WINDOW_MS // 1000}s; 0.15 impressions/s "
+            f"({n / 0.15 / 86400:.1f} days); policy: defaults except {_non_defaults(POLICY)}")
     verdicts: list[tuple[bool, str]] = []
     targets: list[str] = []
     with tempfile.TemporaryDirectory(prefix="recal-prequential-") as tmp:
