@@ -13,6 +13,15 @@ Streams (same world, seed 7):
   over-confident, served logit = 1.6 x true logit (``drift_temperature``);
 - ``stationary``: calibrated throughout.
 
+A third stream, ``realistic`` (``--streams drift,stationary,realistic``), is the simulator's
+``realistic()`` preset (``recal simulate --scenario realistic``): 190,000 impressions over 6
+days (``--realistic-events``; 60,000 with ``--quick``), ~4 % CTR, diurnal traffic and CTR,
+a served model overconfident every early morning, a slow base-rate drift and one retrain at
+77.5 % of the impressions; its own 30-minute attribution window, and recal with *every*
+default (as a new user runs ``recal replay``). For it the bench also prints NLL per UTC day
+(issue 10's target: never worse than the raw model on any day) and a ``TARGET`` line that
+does not gate the exit code yet.
+
 Both carry a segment of *new users* (``new``): 10% of 20,000 users, arriving from a quarter
 of the stream on, about 5 impressions each, whose model logit is biased by +0.6 (the model
 over-predicts for cold-start users), next to the established ``web`` (60%) and ``app`` (40%)
@@ -33,9 +42,14 @@ Methods (rows):
 
 - ``identity``: no recalibration, the served score;
 - ``weekly-T``: a batch temperature refit at every 7-day boundary of event time on the
-  previous week's feedback (labels known by then), applied from that boundary on;
+  previous week's feedback (labels known by then), applied from that boundary on (not shown
+  for the 6-day realistic stream, where it never refits);
+- ``daily-T``: the same at every UTC day boundary on the previous day's feedback;
 - ``iso-50k``: a batch isotonic refit every 50,000 feedback events on the previous 50,000,
   applied from the event time of the refit on;
+- ``online-platt``: ``OnlinePlatt`` (online Newton step, its defaults) fed each label when
+  it matures (feedback order), each impression scored with the (a, b) it had at the
+  impression's ``ts``: the same label delay as everything else;
 - ``recal``: the versions of ``calibrators.jsonl``;
 - ``oracle-T`` and ``oracle``: hindsight oracles, a temperature (``oracle-T``) or a Platt
   calibrator (temperature and intercept, ``oracle``) per segment fitted on the evaluated
@@ -45,10 +59,12 @@ Methods (rows):
   removes. Being fitted in-sample, it can score below the true probabilities themselves.
 
 Windows: all feedback, the 20,000 impressions from the drift point (on the stationary stream:
-the same impression indices), and the new-user segment. ``true p`` is the ECE of the true
-probabilities on the same events (the realised floor), ``floor95`` the 95th percentile of a
-perfectly calibrated predictor's ECE there (``ece_floor_quantile`` of the true
-probabilities). Cells are ECE (15 bins) and NLL of each method on the window's events.
+the same impression indices; on the realistic one: from the retrain), the new-user segment,
+and on the realistic stream ``mornings``, the overconfident hours (04:15-08:45 UTC).
+``true p`` is the ECE of the true probabilities on the same events (the realised floor),
+``floor95`` the 95th percentile of a perfectly calibrated predictor's ECE there
+(``ece_floor_quantile`` of the true probabilities). Cells are ECE (15 bins) and NLL of each
+method on the window's events.
 
 Done criteria (PASS/FAIL): on the drift stream, recal's ECE over the 20k impressions after
 the drift <= 1.5 x the oracle's; on the stationary stream, recal's overall ECE <= floor95.
@@ -56,6 +72,7 @@ recal runs as ``recal replay`` does: the policy's scheduled refits plus the drif
 detectors, whose alerts request an immediate refit (the versions say ``drift``).
 
 Run:  .venv/bin/python bench/prequential.py [--quick] [--seeds 7,8,9] [--out DIR] [--events N]
+      [--streams drift,stationary,realistic] [--realistic-events N]
 """
 
 from __future__ import annotations
@@ -78,18 +95,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worker.core.calibrators import (
     Calibrator,
     IsotonicCalibrator,
+    OnlinePlatt,
     PlattCalibrator,
     TemperatureCalibrator,
     calibrator_from_dict,
 )
+from worker.core.mathfn import clamp_logit_array, sigmoid_array
 from worker.core.metrics import calibration_metrics, ece_floor_quantile
 from worker.core.pipeline import PipelineConfig
 from worker.core.policy import PolicyConfig
 from worker.replay import run_replay
-from worker.sim.scenario import Scenario, Segment
+from worker.sim.scenario import REALISTIC_EVENTS, Scenario, Segment, realistic
 from worker.sim.streamrec import write_jsonl
 
-WEEK_MS = 7 * 86_400_000
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
 WINDOW_MS = 300_000
 POST_DRIFT = 20_000
 ISO_EVERY = 50_000
@@ -98,6 +118,8 @@ POLICY = PolicyConfig(half_life_ms=7 * 86_400_000.0)
 
 def scenario(kind: str, n_events: int, seed: int = 7) -> Scenario:
     """The bench's StreamRec scenario (see the module docstring)."""
+    if kind == "realistic":
+        return realistic(n_events, seed=seed)
     drift = kind == "drift"
     return Scenario(
         n_events=n_events,
@@ -160,7 +182,7 @@ def replay_stream(sc: Scenario, work: Path, recalibrate_every: int,
     log(f"  generated {sc.n_events:,} impressions in {time.perf_counter() - t0:.1f}s")
     out = work / "out"
     base = policy if policy is not None else PolicyConfig()
-    config = PipelineConfig(window_ms=WINDOW_MS,
+    config = PipelineConfig(window_ms=sc.attribution_window_ms,
                             policy=replace(base, recalibrate_every=recalibrate_every))
     t0 = time.perf_counter()
     summary = run_replay(events, out, config).to_dict()
@@ -236,14 +258,24 @@ def served_by_recal(s: Stream) -> np.ndarray:
 
 def weekly_temperature(s: Stream) -> np.ndarray:
     """Batch temperature refit at every week boundary on the previous week's feedback."""
-    start = int(s.ts.min())
+    return periodic_temperature(s, WEEK_MS, int(s.ts.min()) + WEEK_MS)
+
+
+def daily_temperature(s: Stream) -> np.ndarray:
+    """Batch temperature refit at every UTC day boundary on the previous day's feedback."""
+    return periodic_temperature(s, DAY_MS, (int(s.ts.min()) // DAY_MS + 1) * DAY_MS)
+
+
+def periodic_temperature(s: Stream, period_ms: int, first: int) -> np.ndarray:
+    """A temperature refit at ``first`` and every ``period_ms`` after, each on the previous
+    period's impressions whose labels were known by then, applied from that boundary on."""
     versions: list[tuple[int, Calibrator]] = []
-    b = start + WEEK_MS
+    b = first
     while b <= int(s.ts.max()):
-        sel = (s.label_ts <= b) & (s.ts >= b - WEEK_MS) & (s.ts < b)
+        sel = (s.label_ts <= b) & (s.ts >= b - period_ms) & (s.ts < b)
         if sel.sum() > 100:
             versions.append((b, TemperatureCalibrator.fit_scores(s.score[sel], s.y[sel])))
-        b += WEEK_MS
+        b += period_ms
     out = s.score.copy()
     apply_versions(versions, s.ts, s.score, np.arange(s.ts.size), out,
                    np.zeros(s.ts.size, dtype=bool))
@@ -261,6 +293,30 @@ def isotonic_every(s: Stream, every: int = ISO_EVERY) -> np.ndarray:
     out = s.score.copy()
     apply_versions(versions, s.ts, s.score, np.arange(s.ts.size), out,
                    np.zeros(s.ts.size, dtype=bool))
+    return out
+
+
+def online_platt(s: Stream) -> np.ndarray:
+    """``OnlinePlatt`` fed every label as it matures (feedback order, which is label order),
+    each impression scored with the (a, b) it had at the impression's ``ts``.
+
+    The (a, b) after each label is stamped with the running maximum of ``label_ts`` (a label
+    emitted after a later-stamped one is usable only from that later time), and an impression
+    gets the last snapshot stamped <= its ``ts``, identity before the first: the prequential
+    rule of ``apply_versions`` with one version per label.
+    """
+    z = clamp_logit_array(s.logit)
+    ons = OnlinePlatt()
+    a = np.empty(z.size)
+    b = np.empty(z.size)
+    for i, (zi, yi) in enumerate(zip(z.tolist(), s.y.tolist(), strict=True)):
+        ons.update(zi, yi)
+        a[i], b[i] = ons.params
+    stamp = np.maximum.accumulate(s.label_ts)
+    which = np.searchsorted(stamp, s.ts, side="right") - 1
+    known = which >= 0
+    out = s.score.copy()
+    out[known] = sigmoid_array(a[which[known]] * z[known] + b[which[known]])
     return out
 
 
@@ -293,14 +349,23 @@ class Window:
     cells: dict[str, Cell]
 
 
-def evaluate(s: Stream, sc: Scenario, n_sims: int) -> list[Window]:
-    preds = {
+def predictions(s: Stream) -> dict[str, np.ndarray]:
+    """Every servable method's prequential probability for every feedback event."""
+    return {
         "identity": s.score,
         "weekly-T": weekly_temperature(s),
+        "daily-T": daily_temperature(s),
         "iso-50k": isotonic_every(s),
+        "online-platt": online_platt(s),
         "recal": served_by_recal(s),
     }
-    drift_at = sc.n_events // 2
+
+
+def evaluate(s: Stream, sc: Scenario, n_sims: int,
+             preds: dict[str, np.ndarray]) -> list[Window]:
+    # The realistic stream's change is its retrain; the others' windows sit at the midpoint
+    # (the drift stream's drift, the same indices on the stationary one).
+    drift_at = sc.drift_at_event if sc.drift_at_event is not None else sc.n_events // 2
     windows = {
         "all": np.arange(s.ts.size),
         f"{POST_DRIFT // 1000}k after drift": np.flatnonzero(
@@ -308,6 +373,11 @@ def evaluate(s: Stream, sc: Scenario, n_sims: int) -> list[Window]:
         ),
         "new users": np.flatnonzero(s.segment == "new"),
     }
+    if sc.diurnal_temperature_factor != 1.0:
+        # The daily overconfident hours (the bump's +-2.5 widths around its peak).
+        hour = (s.ts % DAY_MS) / 3_600_000.0
+        dh = np.abs((hour - sc.diurnal_miscal_peak_hour + 12.0) % 24.0 - 12.0)
+        windows["mornings"] = np.flatnonzero(dh <= 2.5 * sc.diurnal_miscal_width_hours)
     out = []
     for name, rows in windows.items():
         y = s.y[rows]
@@ -325,19 +395,48 @@ def evaluate(s: Stream, sc: Scenario, n_sims: int) -> list[Window]:
     return out
 
 
-METHODS = ("identity", "weekly-T", "iso-50k", "recal", "oracle-T", "oracle")
+METHODS = ("identity", "weekly-T", "daily-T", "iso-50k", "online-platt", "recal", "oracle-T",
+           "oracle")
+# On the realistic stream (6 days) weekly-T never refits: it would repeat identity.
+REALISTIC_METHODS = tuple(m for m in METHODS if m != "weekly-T")
+DAY_METHODS = ("identity", "daily-T", "online-platt", "recal")
 
 
-def table(kind: str, windows: list[Window]) -> str:
+def table(kind: str, windows: list[Window], methods: Sequence[str] = METHODS) -> str:
     lines = [f"stream: {kind}",
              f"{'window':<20}{'n':>8}{'true p':>8}{'floor95':>9}  " + "".join(
-                 f"{m:>18}" for m in METHODS),
+                 f"{m:>18}" for m in methods),
              f"{'':<20}{'':>8}{'':>8}{'':>9}  " + "".join(f"{'ECE    NLL':>18}"
-                                                          for _ in METHODS)]
+                                                          for _ in methods)]
     for w in windows:
-        cells = "".join(f"{w.cells[m].ece:>10.4f}{w.cells[m].nll:>8.4f}" for m in METHODS)
+        cells = "".join(f"{w.cells[m].ece:>10.4f}{w.cells[m].nll:>8.4f}" for m in methods)
         lines.append(f"{w.name:<20}{w.n:>8,}{w.floor:>8.4f}{w.floor95:>9.4f}  {cells}")
     return "\n".join(lines)
+
+
+def day_table(s: Stream, preds: dict[str, np.ndarray]) -> tuple[str, dict[str, int]]:
+    """NLL per UTC day of the impression's ``ts``; ``*`` marks a day worse than identity.
+
+    Also returns, per method, the number of days worse than identity (the issue's target:
+    never worse than the raw model on any day).
+    """
+    day = s.ts // DAY_MS
+    lines = ["  NLL per UTC day (* = worse than identity)",
+             f"  {'day':<12}{'n':>8}{'CTR':>8}" + "".join(f"{m:>15}" for m in DAY_METHODS)]
+    worse = dict.fromkeys(DAY_METHODS, 0)
+    for d in np.unique(day):
+        rows = np.flatnonzero(day == d)
+        y = s.y[rows]
+        nll = {m: calibration_metrics(preds[m][rows], y).nll for m in DAY_METHODS}
+        cells = []
+        for m in DAY_METHODS:
+            bad = nll[m] > nll["identity"]
+            worse[m] += int(bad)
+            cells.append(f"{nll[m]:>14.5f}{'*' if bad else ' '}")
+        date = time.strftime("%Y-%m-%d", time.gmtime(int(d) * 86_400))
+        lines.append(f"  {date:<12}{rows.size:>8,}{y.mean():>8.4f}" + "".join(cells))
+    lines.append(f"  {'days worse':<28}" + "".join(f"{worse[m]:>15}" for m in DAY_METHODS))
+    return "\n".join(lines), worse
 
 
 def versions_summary(s: Stream) -> str:
@@ -378,34 +477,70 @@ def criteria(kind: str, windows: list[Window]) -> tuple[bool, str] | None:
     return None
 
 
+def realistic_target(seed: int, windows: list[Window], worse: dict[str, int]) -> str:
+    """Issue 10's target on the realistic stream, reported but not yet a PASS/FAIL gate:
+    recal's ECE and NLL <= online Platt's, daily-T's and the raw model's, and no day worse
+    than the raw model."""
+    c = windows[0].cells
+    rec = c["recal"]
+    beats = all(rec.ece <= c[m].ece and rec.nll <= c[m].nll
+                for m in ("identity", "daily-T", "online-platt"))
+    met = beats and worse["recal"] == 0
+    return (f"{'TARGET met   ' if met else 'TARGET missed'}  seed {seed}: realistic: recal ECE "
+            f"{rec.ece:.4f} NLL {rec.nll:.5f} vs online-platt {c['online-platt'].ece:.4f} "
+            f"{c['online-platt'].nll:.5f}, daily-T {c['daily-T'].ece:.4f} "
+            f"{c['daily-T'].nll:.5f}, identity {c['identity'].ece:.4f} "
+            f"{c['identity'].nll:.5f}; days worse than identity: recal {worse['recal']}, "
+            f"online-platt {worse['online-platt']}, daily-T {worse['daily-T']} "
+            "(issue 10; not gating)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=400_000, help="impressions per stream")
     ap.add_argument("--recalibrate-every", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="smoke run: 60k impressions")
     ap.add_argument("--out", type=Path, default=None, help="keep the replay outputs here")
-    ap.add_argument("--streams", default="drift,stationary")
+    ap.add_argument("--streams", default="drift,stationary",
+                    help="comma-separated: drift, stationary, realistic")
+    ap.add_argument("--realistic-events", type=int, default=REALISTIC_EVENTS,
+                    help="impressions of the realistic stream (always 6 days)")
     ap.add_argument("--seeds", default="7", help="comma-separated scenario seeds")
     args = ap.parse_args(argv)
     n = 60_000 if args.quick else args.events
+    n_real = 60_000 if args.quick else args.realistic_events
     n_sims = 300 if args.quick else 2000
     log = print
     log(__doc__.split("\n")[0])
-    log(f"impressions per stream: {n:,}; recalibrate_every={args.recalibrate_every}; "
-        f"attribution window {WINDOW_MS // 1000}s; 0.15 impressions/s "
-        f"({n / 0.15 / 86400:.1f} days); policy: defaults except {_non_defaults(POLICY)}")
+    if set(args.streams.split(",")) - {"realistic"}:
+        log(f"impressions per stream: {n:,}; recalibrate_every={args.recalibrate_every}; "
+            f"attribution window {WINDOW_MS // 1000}s; 0.15 impressions/s "
+            f"({n / 0.15 / 86400:.1f} days); policy: defaults except {_non_defaults(POLICY)}")
     verdicts: list[tuple[bool, str]] = []
+    targets: list[str] = []
     with tempfile.TemporaryDirectory(prefix="recal-prequential-") as tmp:
         base = args.out if args.out is not None else Path(tmp)
         for seed in (int(x) for x in args.seeds.split(",")):
             for kind in args.streams.split(","):
-                sc = scenario(kind, n, seed=seed)
+                real = kind == "realistic"
+                sc = scenario(kind, n_real if real else n, seed=seed)
                 log(f"\n[{kind}, seed {seed}]")
+                if real:
+                    days = sc.n_events / sc.events_per_second / 86_400
+                    log(f"  {sc.n_events:,} impressions over {days:.0f} days; attribution "
+                        f"window {sc.attribution_window_ms // 1000}s; policy: all defaults")
                 work = base / f"{kind}-{seed}"
                 work.mkdir(parents=True, exist_ok=True)
-                s = replay_stream(sc, work, args.recalibrate_every, POLICY, log)
-                windows = evaluate(s, sc, n_sims)
-                log(table(kind, windows))
+                # The realistic stream runs recal as a new user would, with every default.
+                s = replay_stream(sc, work, args.recalibrate_every,
+                                  PolicyConfig() if real else POLICY, log)
+                preds = predictions(s)
+                windows = evaluate(s, sc, n_sims, preds)
+                log(table(kind, windows, REALISTIC_METHODS if real else METHODS))
+                if real:
+                    text, worse = day_table(s, preds)
+                    log(text)
+                    targets.append(realistic_target(seed, windows, worse))
                 log(versions_summary(s))
                 verdict = criteria(kind, windows)
                 if verdict is not None:
@@ -414,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log("")
     for ok, text in verdicts:
         log(f"{'PASS' if ok else 'FAIL'}  {text}{suffix}")
+    for text in targets:
+        log(f"{text}{suffix}")
     return 0 if all(ok for ok, _ in verdicts) else 1
 
 

@@ -7,6 +7,7 @@ from worker.core.calibrators.hierarchical_shrinkage import HierarchicalShrinkage
 from worker.core.calibrators.identity import IdentityCalibrator
 from worker.core.calibrators.isotonic import IsotonicCalibrator
 from worker.core.calibrators.monotone import is_monotone_increasing
+from worker.core.calibrators.online_platt import OnlinePlatt
 from worker.core.calibrators.platt import PlattCalibrator
 from worker.core.calibrators.temperature import TemperatureCalibrator
 
@@ -16,6 +17,7 @@ __all__ = [
     "HierarchicalShrinkage",
     "IdentityCalibrator",
     "IsotonicCalibrator",
+    "OnlinePlatt",
     "PlattCalibrator",
     "TemperatureCalibrator",
     "calibrator_from_dict",
