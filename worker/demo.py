@@ -194,11 +194,22 @@ def run(args: argparse.Namespace) -> int:
         for name in ("worker.localkafka", "aiokafka"):
             logging.getLogger(name).setLevel(logging.WARNING)
     demo = Demo(opts, sys.stdout)
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        # Our own handler for Ctrl-C too, not Python's default: asyncio.run then leaves it
+        # in place instead of turning Ctrl-C into a cancellation of its main task, which a
+        # client library may absorb (aiokafka's producer stop can), losing the interrupt.
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     code = 1
     try:
         try:
             demo.execute()
+            if received:  # absorbed somewhere on the way out: still an interruption
+                raise KeyboardInterrupt
             code = 0 if demo.result.get("ok") else 1
         except KeyboardInterrupt:
             demo.fail("interrupted", interrupted=True)
@@ -210,14 +221,11 @@ def run(args: argparse.Namespace) -> int:
             with _signals_ignored():
                 demo.cleanup()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     demo.print_report()
     demo.write_json()
     return code
-
-
-def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
