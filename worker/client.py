@@ -8,8 +8,8 @@ imported only when used), from a snapshot directory (``load``) or from replay's
 
 This module imports no runtime, faust, aiokafka or pipeline/policy code: serving must not pull
 in the consumer loop. The formulas come from ``worker.core.calibrators`` (their one owner);
-note that importing it loads numpy, scipy and scikit-learn (isotonic fitting lives in the
-same package), about 1.5 s of import time, but no I/O or runtime module.
+importing it loads numpy and scipy (scikit-learn only when an isotonic map is fitted, which
+serving never does), but no I/O or runtime module.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 from worker.core.calibrators import Calibrator, IdentityCalibrator, calibrator_from_dict
 from worker.core.checks import MAX_TS, timestamp
 from worker.core.errors import InvalidInputError
+from worker.core.records.scope import GLOBAL, SEGMENT_PREFIX, USER_PREFIX
 
 if TYPE_CHECKING:
     from worker.client_kafka import CalibratorSubscription
@@ -44,9 +45,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CalibratorClient", "Resolution", "Staleness", "validate_version"]
 
-GLOBAL = "global"
-SEGMENT_PREFIX = "segment:"
-USER_PREFIX = "user:"
 IDENTITY = "identity"
 STORE_FILE = "store.json"
 STORE_FORMAT = 1

@@ -10,10 +10,8 @@ from worker.core.join.cohort_gate import CohortGate
 from worker.core.pipeline._scope_detectors import ScopeDetectors
 from worker.core.pipeline._served import ServeFn, calibrator_key, serve_fn
 from worker.core.pipeline.monitor_config import MonitorConfig
+from worker.core.records.scope import GLOBAL
 
-GLOBAL = "global"
-SEGMENT_PREFIX = "segment:"
-USER_PREFIX = "user:"
 _IDENTITY_KEY = calibrator_key(None)
 _IDENTITY = serve_fn(None)
 

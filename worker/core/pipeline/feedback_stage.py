@@ -14,7 +14,7 @@ from worker.core.drift import EceHigh, FeedbackStall, LateClickRate
 from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.mathfn import clamp_logit
 from worker.core.metrics import CalibrationReport
-from worker.core.pipeline._model import GLOBAL, SEGMENT_PREFIX, ModelState
+from worker.core.pipeline._model import ModelState
 from worker.core.pipeline._scope_detectors import ScopeDetectors
 from worker.core.pipeline.monitor_config import MonitorConfig
 from worker.core.pipeline.outputs import Outputs
@@ -23,6 +23,7 @@ from worker.core.posteriors import PosteriorStore
 from worker.core.records.click import Click
 from worker.core.records.feedback import Feedback
 from worker.core.records.impression import Impression
+from worker.core.records.scope import GLOBAL, SEGMENT_PREFIX
 
 _REFIT_KINDS = ("calibration_drift", "base_rate_shift")
 

@@ -40,13 +40,11 @@ from worker.core.policy._selection import (
 from worker.core.policy._user_buffer import UserBuffer
 from worker.core.policy.policy_config import PolicyConfig
 from worker.core.records.feedback import Feedback
+from worker.core.records.scope import GLOBAL, SEGMENT_PREFIX, USER_PREFIX
 from worker.core.sketches.logit_histogram import LogitHistogram
 
 FloatArray = NDArray[np.float64]
 
-GLOBAL = "global"
-SEGMENT_PREFIX = "segment:"
-USER_PREFIX = "user:"
 REASONS = ("bootstrap", "scheduled", "drift")
 _IDENTITY = IdentityCalibrator()
 _PARAMETRIC = ("identity", "temperature", "platt")
