@@ -331,8 +331,8 @@ class FeedbackStage:
         # statistics take complete impression cohorts only (``CohortGate``), and the policy
         # fits on exactly the events the gate releases here.
         released = model.gate.offer(fb)
-        for cohort_event in released:
-            self._detect(model, cohort_event, ts, created_at, out, refit)
+        holdout = [self._detect(model, cohort_event, ts, created_at, out, refit)
+                   for cohort_event in released]
 
         # Counts that do not depend on label order: the stall and late-click detectors (at
         # label time) and the posteriors (Beta counts).
@@ -344,7 +344,7 @@ class FeedbackStage:
         for event in self._store.observe(imp.user_id, imp.arm, imp.segment, y, ts, uncertain):
             out.tier_changes.append({"type": "tier_change", **event})
 
-        self._publish(model, self._policy.ingest(fb, released, created_at), out)
+        self._publish(model, self._policy.ingest(fb, released, created_at, holdout), out)
         if refit and self._alerts.state("feedback_stall", model_id, GLOBAL) == "firing":
             # Labels are missing their clicks: a refit would learn the broken pipeline.
             refit = []
@@ -364,9 +364,10 @@ class FeedbackStage:
         created_at: str,
         out: Outputs,
         refit: list[str],
-    ) -> None:
+    ) -> bool:
         """One label into the calibration statistics of its segment and the global scope,
-        tested against the calibrator serving the scope now."""
+        tested against the calibrator serving the scope now; whether it is a holdout event
+        (the policy, which owns the split, is handed the flag instead of hashing again)."""
         imp = fb.impression
         y = fb.label
         # Decay by impression time, not label time: a cohort's positives mature a window
@@ -393,6 +394,7 @@ class FeedbackStage:
         if seg_key not in model.covered:
             self._labelled(model_id, GLOBAL, g, p, y, ts, alert_ts, model.qhat.get(GLOBAL),
                            created_at, out, refit)
+        return holdout
 
     def tick(self, event_ts: int, created_at: str) -> Outputs:
         """The ``feedback_stall`` check of every model at input event time ``event_ts``.

@@ -337,17 +337,23 @@ class RecalibrationPolicy:
         return out
 
     def ingest(
-        self, fb: Feedback, released: list[Feedback], created_at: str
+        self,
+        fb: Feedback,
+        released: list[Feedback],
+        created_at: str,
+        holdout: list[bool] | None = None,
     ) -> list[dict[str, Any]]:
         """``update`` for a caller that runs the ``CohortGate`` itself (the feedback stage,
         whose detectors need the same released events): ``fb`` arrived and moves the
-        model's watermark; ``released`` are the events the caller's gate released for it.
+        model's watermark; ``released`` are the events the caller's gate released for it,
+        and ``holdout`` their ``is_holdout`` flags when the caller has them already.
         Nothing is re-validated: the decoder has."""
         model = self._model(fb.impression.model_id)
         self._observe(model, fb)
         out: list[dict[str, Any]] = []
-        for event in released:
-            out += self._ingest(model, event, created_at)
+        for i, event in enumerate(released):
+            out += self._ingest(model, event, created_at,
+                                None if holdout is None else holdout[i])
         return out
 
     def _model(self, model_id: str) -> _Model:
@@ -361,7 +367,9 @@ class RecalibrationPolicy:
         model.watermark = max(model.watermark, int(fb.impression.ts), int(fb.label_ts))
         return model.gate
 
-    def _ingest(self, model: _Model, fb: Feedback, created_at: str) -> list[dict[str, Any]]:
+    def _ingest(
+        self, model: _Model, fb: Feedback, created_at: str, holdout: bool | None = None
+    ) -> list[dict[str, Any]]:
         imp = fb.impression
         cfg = self._cfg
         z = clamp_logit(float(imp.logit))
@@ -369,7 +377,8 @@ class RecalibrationPolicy:
         ts = int(imp.ts)
         seq = model.seq
         model.seq += 1
-        holdout = self.is_holdout(imp.impression_id)
+        if holdout is None:
+            holdout = self.is_holdout(imp.impression_id)
         seg_key = SEGMENT_PREFIX + imp.segment
         seg_state = model.scope(seg_key)
         seg_state.add(z, y, ts, seq, holdout)
