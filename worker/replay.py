@@ -17,6 +17,7 @@ policy's calibrator versions go to `calibrators.jsonl`, drift alerts (firing and
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import time
@@ -165,9 +166,8 @@ class Replay:
         for rejection in out.dead_letters:
             line_no, raw = unpack_ref(rejection.ref, {})
             summary.dead_letters[rejection.reason] += 1
-            clock = 0 if rejection.clock_ms == float("-inf") else int(rejection.clock_ms)
             letter = make_dead_letter(self._source, 0, line_no, rejection.key, rejection.reason,
-                                      rejection.error, raw, clock)
+                                      rejection.error, raw, rejection.clock_ms)
             write("dlq", letter.to_dict())
         for msg in out.calibrators:
             summary.calibrators[msg["scope"].split(":", 1)[0]] += 1
@@ -241,7 +241,7 @@ def run_replay(
     try:
         with (
             open(events, "rb", buffering=1 << 20) if isinstance(events, Path)
-            else _borrowed(events)
+            else contextlib.nullcontext(events)
         ) as handle:
             for line_no, line in enumerate(handle):
                 read_bytes += len(line)
@@ -271,19 +271,6 @@ def run_replay(
             f"See {out_dir / 'dlq.jsonl'}\n"
         )
     return summary
-
-
-class _borrowed:
-    """A caller's stream used as a context manager that does not close it."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-
-    def __enter__(self) -> IO[bytes]:
-        return self._stream
-
-    def __exit__(self, *_exc: object) -> None:
-        return None
 
 
 class _Progress:

@@ -302,15 +302,20 @@ class Settings:
         guidance), so two heartbeats can be lost before the session expires."""
         return self.session_timeout_s / 3
 
+    @property
+    def max_clock_jump_ms(self) -> int | None:
+        """The join's clock-guard bound in ms (None: the attribution window)."""
+        jump = self.max_clock_jump_s
+        return None if jump is None else int(jump * 1000)
+
     def pipeline_config(self) -> PipelineConfig:
         """One partition's core configuration: the join's parameters (in milliseconds), the
         policy's and the feedback stage's (validated by their constructors)."""
-        jump = self.max_clock_jump_s
         return PipelineConfig(
             window_ms=self.window_ms,
             allowed_lateness_ms=self.lateness_ms,
             idle_timeout_ms=self.idle_timeout_ms,
-            max_clock_jump_ms=None if jump is None else int(jump * 1000),
+            max_clock_jump_ms=self.max_clock_jump_ms,
             clock_confirmations=self.clock_confirmations,
             monitor=self.monitor_config(),
             policy=self.policy_config(),

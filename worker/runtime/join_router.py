@@ -81,7 +81,7 @@ class RouterConfig:
             idle_timeout_ms=settings.idle_timeout_ms,
             max_message_bytes=settings.max_message_bytes,
             max_future_ms=int(settings.max_future_s * 1000),
-            max_clock_jump_ms=settings.pipeline_config().max_clock_jump_ms,
+            max_clock_jump_ms=settings.max_clock_jump_ms,
             clock_confirmations=settings.clock_confirmations,
         )
 

@@ -388,17 +388,22 @@ def test_assign_keeps_buffered_messages_and_revoke_returns_them() -> None:
         router.offer(as_events([("impressions", imp)])[0])
 
 
-def test_one_far_future_message_is_a_future_ts_dead_letter_with_its_bytes() -> None:
-    router = make_router()
-    router.assign(0, None, [])
+def _steady_with_one_far_future(at: int) -> list[InputEvent]:
+    """Five impressions a second apart with one stamped far ahead inserted at ``at``: inside
+    the decoder's wall-clock future bound (3,600 s), far ahead in event time."""
     items = [
         ("impressions", {"impression_id": f"i{k}", "user_id": "u", "item_id": "x",
                          "ts": 10_000 + k * 1_000, "score": 0.1})
         for k in range(5)
     ]
-    # Inside the decoder's wall-clock future bound (3,600 s), far ahead in event time.
     far = {"impression_id": "far", "user_id": "u", "item_id": "x", "ts": 3_000_000, "score": 0.1}
-    events = as_events([*items[:1], ("impressions", far), *items[1:]])
+    return as_events([*items[:at], ("impressions", far), *items[at:]])
+
+
+def test_one_far_future_message_is_a_future_ts_dead_letter_with_its_bytes() -> None:
+    router = make_router()
+    router.assign(0, None, [])
+    events = _steady_with_one_far_future(1)
     outs = run(router, events)
     letters = [letter for out in outs for _, letter in out.dead_letters]
     assert [(d.reason, d.offset, d.source_topic) for d in letters] == [
@@ -411,13 +416,7 @@ def test_one_far_future_message_is_a_future_ts_dead_letter_with_its_bytes() -> N
 def test_a_held_message_survives_a_restart_through_the_clock_record() -> None:
     router = make_router()
     router.assign(0, None, [])
-    items = [
-        ("impressions", {"impression_id": f"i{k}", "user_id": "u", "item_id": "x",
-                         "ts": 10_000 + k * 1_000, "score": 0.1})
-        for k in range(5)
-    ]
-    far = {"impression_id": "far", "user_id": "u", "item_id": "x", "ts": 3_000_000, "score": 0.1}
-    events = as_events([*items[:2], ("impressions", far), *items[2:]])
+    events = _steady_with_one_far_future(2)
     table = Table()
     outs = run(router, events[:3], table)
     # The outcome that took the far message says so: the runtime writes the clock with it.

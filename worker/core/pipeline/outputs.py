@@ -13,15 +13,15 @@ class Rejection(NamedTuple):
     """An input the partition will not process: the runtime turns it into a dead letter.
 
     ``ref`` is the runtime's own reference to the input (``InputBatch``); ``clock_ms`` is the
-    partition's event-time clock when it was rejected (replay stamps ``received_at`` with it,
-    so its outputs stay deterministic).
+    partition's event-time clock when it was rejected, as epoch ms (the epoch before the first
+    event): replay stamps ``received_at`` with it, so its outputs stay deterministic.
     """
 
     ref: Any
     key: str | None
     reason: str
     error: str
-    clock_ms: float
+    clock_ms: int
 
 
 @dataclass(slots=True)

@@ -161,12 +161,12 @@ class Pipeline:
                     stage.on_impression(event, self._created_at(), out)
             else:
                 if not held:
-                    self._publish(out, stage.on_click(event, self._created_at()))
+                    stage.on_click(event, self._created_at())
                 step = join.add_click(event, ref=ref, wall_ms=wall_ms)
             if step:
                 self._emit(step, out)
             if self._max_ts >= stage.next_tick_ms:
-                self._publish(out, stage.tick(int(self._max_ts), self._created_at()))
+                out.extend(stage.tick(int(self._max_ts), self._created_at()))
         return out
 
     def advance(self, wall_ms: int) -> Outputs:
@@ -186,7 +186,7 @@ class Pipeline:
         out = Outputs()
         self._touched = True
         self._emit(self._join.finish(), out)
-        self._publish(out, self._monitor.finish(None, self._created_at()))
+        out.extend(self._monitor.finish(None, self._created_at()))
         return out
 
     def drain_posteriors(self) -> list[dict[str, Any]]:
@@ -205,7 +205,7 @@ class Pipeline:
         return self._clock_text
 
     def _reject(self, out: Outputs, ref: Any, key: str | None, reason: str, error: str) -> None:
-        out.dead_letters.append(Rejection(ref, key, reason, error, self._max_ts))
+        out.dead_letters.append(Rejection(ref, key, reason, error, _clock_ms(self._max_ts)))
 
     def _emit(self, step: JoinStep, out: Outputs) -> None:
         stage = self._monitor
@@ -216,7 +216,7 @@ class Pipeline:
             if isinstance(event, Impression):
                 stage.on_impression(event, self._created_at(), out)
             else:
-                self._publish(out, stage.on_click(event, self._created_at()))
+                stage.on_click(event, self._created_at())
         for fb in step.feedback:
             out.feedback.append(fb)
             # Labels finalised by finish() lie beyond the last input's ts; the clock follows
@@ -230,14 +230,6 @@ class Pipeline:
             self._reject(out, ref, event.user_id, "future_ts", future_ts_error(event))
         for click in step.late_clicks:
             stage.on_late_click(click, self._created_at(), out)
-
-    @staticmethod
-    def _publish(out: Outputs, produced: Outputs) -> None:
-        if produced:
-            out.calibrators.extend(produced.calibrators)
-            out.alerts.extend(produced.alerts)
-            out.tier_changes.extend(produced.tier_changes)
-            out.posteriors.extend(produced.posteriors)
 
     # ------------------------------------------------------------------ state
 

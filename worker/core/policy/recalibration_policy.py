@@ -330,11 +330,7 @@ class RecalibrationPolicy:
             raise InvalidInputError(
                 "score_range", f"logit must be a finite number; got {imp.logit!r}"
             )
-        model = self._model(imp.model_id)
-        out: list[dict[str, Any]] = []
-        for event in self._observe(model, fb).offer(fb):
-            out += self._ingest(model, event, created_at)
-        return out
+        return self.ingest(fb, self._model(imp.model_id).gate.offer(fb), created_at)
 
     def ingest(
         self,
@@ -349,7 +345,7 @@ class RecalibrationPolicy:
         and ``holdout`` their ``is_holdout`` flags when the caller has them already.
         Nothing is re-validated: the decoder has."""
         model = self._model(fb.impression.model_id)
-        self._observe(model, fb)
+        model.watermark = max(model.watermark, int(fb.impression.ts), int(fb.label_ts))
         out: list[dict[str, Any]] = []
         for i, event in enumerate(released):
             out += self._ingest(model, event, created_at,
@@ -361,11 +357,6 @@ class RecalibrationPolicy:
         if model is None:
             model = self._models[model_id] = _Model(self._cfg)
         return model
-
-    @staticmethod
-    def _observe(model: _Model, fb: Feedback) -> CohortGate:
-        model.watermark = max(model.watermark, int(fb.impression.ts), int(fb.label_ts))
-        return model.gate
 
     def _ingest(
         self, model: _Model, fb: Feedback, created_at: str, holdout: bool | None = None

@@ -389,18 +389,9 @@ class PosteriorStore:
     def _mark(self, uid: str, arm: str) -> None:
         self._dirty[(uid, arm)] = None
 
-    def _spread(self, post: BetaPosterior) -> float:
-        """The tier ``cv`` of ``post``'s evidence (class docstring), prior mean ``m0``."""
-        m0 = post.prior_alpha / (post.prior_alpha + post.prior_beta)
-        s, f = post.successes, post.failures
-        a = m0 * self._tier_strength + s
-        b = (1.0 - m0) * self._tier_strength + f
-        k = a + b
-        rate = (s + self._prior_strength * m0) / (s + f + self._prior_strength)
-        return (a * b / (k * k * (k + 1.0))) ** 0.5 / rate
-
-    def _spread_at(self, post: BetaPosterior, ts: int) -> float:
-        """``_spread(post.at(ts))`` without the copy (the same arithmetic)."""
+    def _spread(self, post: BetaPosterior, ts: int | None = None) -> float:
+        """The tier ``cv`` of ``post``'s evidence read at ``ts`` (class docstring), prior mean
+        ``m0``; ``counts_at`` reads the decayed counts without copying the posterior."""
         m0 = post.prior_alpha / (post.prior_alpha + post.prior_beta)
         s, f = post.counts_at(ts)
         a = m0 * self._tier_strength + s
@@ -417,7 +408,7 @@ class PosteriorStore:
         return "moderate_uncertain"
 
     def _retier(self, uid: str, user: _User, ts: int) -> list[dict[str, Any]]:
-        cv = self._spread_at(user.pooled, ts)
+        cv = self._spread(user.pooled, ts)
         share = user.share
         old = user.tier
         if old is None:
