@@ -192,8 +192,7 @@ class Pipeline:
     def drain_posteriors(self) -> list[dict[str, Any]]:
         """Snapshots of the (user, arm) pairs updated since the last drain (for a batched
         compacted topic), read at the partition's clock."""
-        ts = self._max_ts
-        return self._monitor.drain_posteriors(0 if ts == _NEG_INF else int(ts))
+        return self._monitor.drain_posteriors(_clock_ms(self._max_ts))
 
     # ------------------------------------------------------------------ internals
 
