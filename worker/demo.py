@@ -663,7 +663,6 @@ class Demo:
             "--bootstrap-servers", self.bootstrap,
             "--topic-prefix", opts.topic_prefix,
             "--app-id", opts.app_id,
-            "--data-dir", str(self.dir / "worker"),
             "--web-port", "0",
             "--partitions", str(opts.partitions),
             "--attribution-window", str(WINDOW_S),

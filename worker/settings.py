@@ -160,7 +160,7 @@ class Settings:
 
     bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers (host:port,...)")
     topic_prefix: str = _setting("recal.", "prefix of every topic name")
-    app_id: str = _setting("recal", "consumer group / faust app id")
+    app_id: str = _setting("recal", "consumer group id (and transactional id prefix)")
     partitions: int = _setting(
         1, "partitions when the worker creates missing input topics", _positive
     )
@@ -211,8 +211,26 @@ class Settings:
     web_port: int = _setting(
         6066, "port of the metrics/health HTTP server (0: any free)", _port
     )
-    expose_tables: bool = _setting(False, "serve table contents over HTTP (off by default)")
-    data_dir: str = _setting("./recal-data", "local state directory of the worker")
+    commit_interval_ms: int = _setting(
+        100, "each partition's outputs, state and input offsets are committed in one Kafka "
+        "transaction this often (ms)", _positive,
+    )
+    posterior_interval_s: float = _setting(
+        5.0, "posterior snapshots of the (user, arm) pairs updated since the last batch are "
+        "published this often (s)", _positive,
+    )
+    max_processing_attempts: int = _setting(
+        3, "an input whose processing raises this many times is dead-lettered "
+        "(processing_error) and its partition moves on", _positive,
+    )
+    merge_max_wait_ms: int = _setting(
+        1000, "an input waits at most this long (ms) for the other input topic when that "
+        "topic's backlog is unknown (event-time alignment)", _non_negative,
+    )
+    merge_max_backlog_wait_ms: int = _setting(
+        30000, "an input waits at most this long (ms) for the other input topic while that "
+        "topic-partition has unread messages", _non_negative,
+    )
     security_protocol: str = _setting(
         "PLAINTEXT", "Kafka security protocol",
         _OneOf("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),

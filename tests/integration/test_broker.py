@@ -1,4 +1,4 @@
-"""The local broker itself: clients round-trip through it, faust can declare topics on it,
+"""The local broker itself: clients round-trip through it,
 and a broker's lifecycle (status, stop) leaves nothing behind."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import socket
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,39 +96,6 @@ async def test_create_topics_is_idempotent_and_applies_config(
         await admin.close()
     configs = {entry[0]: entry[1] for entry in response.resources[0][4]}
     assert configs["cleanup.policy"] == "compact"
-
-
-@pytest.mark.timeout(180)
-async def test_faust_declares_topic_with_three_partitions(
-    kafka_bootstrap: str, unique_topic: Callable[[str], str], tmp_path: Path
-) -> None:
-    import faust
-
-    name = unique_topic("faust")
-    app = faust.App(
-        f"recal-test-{uuid.uuid4().hex[:8]}",
-        broker=f"kafka://{kafka_bootstrap}",
-        web_enabled=False,
-        store="memory://",
-        datadir=str(tmp_path / "faust"),
-    )
-    topic = app.topic(name, partitions=3, value_serializer="raw")
-    try:
-        # What the app does for its topics on start; the broker has auto-create disabled,
-        # so the topic can only exist if faust's CreateTopics request worked.
-        await asyncio.wait_for(topic.maybe_declare(), timeout=60)
-    finally:
-        await app.producer.stop()
-
-    deadline = asyncio.get_running_loop().time() + 15
-    while True:
-        described = await _describe(kafka_bootstrap, name)
-        if described["error_code"] == 0 or asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(0.1)
-    assert described["error_code"] == 0, described
-    partitions = described["partitions"]
-    assert sorted(p["partition"] for p in partitions) == [0, 1, 2]  # type: ignore[attr-defined,index]
 
 
 def _kafka_cli(argv: list[str]) -> int:

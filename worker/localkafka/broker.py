@@ -131,7 +131,7 @@ def render_server_properties(
         # The default 128 MB dedupe buffer is a quarter of our heap; compaction of test-sized
         # changelogs needs far less.
         "log.cleaner.dedupe.buffer.size": "33554432",
-        # Topics are created explicitly (create_topics / faust declare) so typos fail loudly.
+        # Topics are created explicitly (create_topics, the worker's start-up) so typos fail loudly.
         "auto.create.topics.enable": "false",
         "num.network.threads": "2",
         "num.io.threads": "4",

@@ -1,11 +1,11 @@
-"""Runtime A: the faust-streaming worker (``recal worker``), thin around ``worker.core``.
+"""Runtime A: the Kafka consumer-group worker (``recal worker``), thin around ``worker.core``.
 
 - ``topics``: topic names, the start-up layout check (co-partitioning) and topic creation;
 - ``merge``: event-time alignment of the two input topics of a partition;
-- ``join_router``: decode → per-partition ``AttributionJoin`` → outputs and state records
+- ``partition_task``: one partition's pipeline and the messages of its next transaction
   (pure, no I/O: unit-tested without Kafka);
-- ``state``: the join-state table's record formats;
-- ``join_agent``: the faust agent, timer, persist pipeline and recovery hook;
-- ``app``: the app factory; ``web``: /healthz, /readyz, /metrics; ``metrics``: Prometheus;
-- ``security``: SASL/TLS settings for faust and aiokafka; ``cli``: ``recal worker``.
+- ``group_worker``: the aiokafka consumer group, per-partition transactional producers,
+  rebalances, restore from the state changelog;
+- ``web``: /healthz, /readyz, /metrics; ``metrics``: Prometheus;
+- ``security``: SASL/TLS settings for aiokafka; ``cli``: ``recal worker``.
 """

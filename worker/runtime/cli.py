@@ -1,9 +1,10 @@
-"""`recal worker`: run one member of the join worker's consumer group (runtime A).
+"""`recal worker`: run one member of the recal consumer group (runtime A).
 
 Start-up: resolve and log the settings (secrets masked), check the topic layout and create
-missing topics (``worker.runtime.topics``), then run the faust worker until SIGTERM/SIGINT
-(clean shutdown: in-flight messages finish, offsets are committed, exit 0). Invalid settings
-or an unusable topic layout exit 2 with a message; an unreachable cluster exits 1.
+missing topics (``worker.runtime.topics``), serve /healthz, /readyz and /metrics, then run
+the ``GroupWorker`` until SIGTERM/SIGINT (clean shutdown: pending transactions committed,
+the group left, exit 0). Invalid settings or an unusable topic layout exit 2 with a message;
+an unreachable cluster exits 1; a crash exits 1 after logging it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from worker.runtime.topics import BrokerUnavailableError, TopicNames, ensure_topics
-from worker.settings import add_settings_arguments, settings_from_args
+from worker.settings import Settings, add_settings_arguments, settings_from_args
 
 log = logging.getLogger(__name__)
 
@@ -22,51 +24,54 @@ log = logging.getLogger(__name__)
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
         "worker",
-        help="run one join worker (consumes impressions and clicks, produces feedback)",
+        help="run one worker of the consumer group (the whole pipeline, exactly once)",
         description="Run one member of the recal consumer group: joins the impressions and "
-        "clicks topics into labeled feedback, dead-letters bad input, serves /healthz, "
-        "/readyz and /metrics. Every setting is also read from its RECAL_* variable.",
+        "clicks topics into labeled feedback, recalibrates, raises drift alerts, keeps the "
+        "posteriors, dead-letters bad input; every output, state change and input offset of a "
+        "partition is committed in one Kafka transaction. Serves /healthz, /readyz and "
+        "/metrics. Every setting is also read from its RECAL_* variable.",
     )
     add_settings_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    # faust is imported here so the other subcommands do not pay for it.
-    import faust
-
-    from worker.runtime.app import create_app, internal_topics, tune_gc
-
     settings = settings_from_args(args)
     log.info("recal worker settings: %s", settings.describe())
-    names = TopicNames.from_settings(settings)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
     try:
-        plan = loop.run_until_complete(
-            ensure_topics(settings, names, internal=internal_topics(settings))
-        )
+        return asyncio.run(_main(settings))
     except BrokerUnavailableError as exc:
         print(f"recal worker: {exc}", file=sys.stderr)
-        loop.close()
         return 1
+
+
+async def _main(settings: Settings) -> int:
+    from worker.runtime.group_worker import GroupWorker
+    from worker.runtime.web import start_web
+
+    names = TopicNames.from_settings(settings)
+    plan = await ensure_topics(settings, names)
     log.info(
-        "topics: %s, %s -> %s, %s; %s partitions (co-partitioned), replication factor %s "
-        "for created topics", names.impressions, names.clicks, names.feedback, names.dlq,
-        plan.partitions, plan.replication_factor,
+        "topics: %s, %s -> %s, %s, %s, %s, %s; state %s; %s partitions (co-partitioned), "
+        "replication factor %s for created topics", names.impressions, names.clicks,
+        names.feedback, names.calibrators, names.alerts, names.posteriors, names.dlq,
+        names.state, plan.partitions, plan.replication_factor,
     )
-    app = create_app(settings, plan)
-    worker = faust.Worker(
-        app,
-        loop=loop,
-        loglevel=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-        quiet=True,
-        # recal's own logging setup (worker/cli.py) stays in charge.
-        override_logging=False,
-        redirect_stdouts=False,
+    worker = GroupWorker(settings, plan)
+    runner, port = await start_web(worker, settings.web_host, settings.web_port)
+    log.info(
+        "recal worker %s: %s partitions; web on http://%s:%s (/healthz /readyz /metrics)",
+        settings.app_id, plan.partitions, settings.web_host, port,
     )
-    # Last, so the imports, the app and the worker are frozen out of the collector's scans.
-    tune_gc()
-    # Exits the process: 0 after a clean shutdown, 1 after a crash.
-    worker.execute_from_commandline()
-    return 0  # pragma: no cover - execute_from_commandline raises SystemExit
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.run()
+    except Exception:
+        log.exception("recal worker crashed")
+        return 1
+    finally:
+        await runner.cleanup()
+    log.info("recal worker stopped cleanly")
+    return 0

@@ -48,8 +48,8 @@ def _unknown(_source: str) -> bool | None:
 class InputEvent:
     """One input message as the runtime received it, and what decoding made of it.
 
-    ``handle`` is opaque here (the runtime keeps its faust event in it, to ack it once the
-    message is fully processed). ``received_ms`` is the wall clock at arrival.
+    ``handle`` is opaque here (a runtime may keep its own reference to the message in it).
+    ``received_ms`` is the wall clock at arrival.
     """
 
     source: str  # "impressions" or "clicks"
@@ -104,6 +104,17 @@ class EventTimeMerger:
 
     def __len__(self) -> int:
         return len(self._queues["impressions"]) + len(self._queues["clicks"])
+
+    def waiting_for(self) -> str | None:
+        """The source whose queue is empty while the other's is not (what ``pop_ready``
+        may wait for), else None."""
+        imps = self._queues["impressions"]
+        clicks = self._queues["clicks"]
+        if imps and not clicks:
+            return "clicks"
+        if clicks and not imps:
+            return "impressions"
+        return None
 
     def push(self, event: InputEvent) -> None:
         self._queues[event.source].append(event)

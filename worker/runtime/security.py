@@ -1,6 +1,6 @@
-"""SASL/TLS settings → Kafka client options, for faust (credentials) and aiokafka (admin).
+"""SASL/TLS settings → Kafka client options for aiokafka (consumer, producers, admin).
 
-Both clients get the same security settings from ``Settings`` (DESIGN §8: "SASL/TLS settings
+Every client gets the same security settings from ``Settings`` (DESIGN §8: "SASL/TLS settings
 pass through to the Kafka clients"). Secrets are only handed to the clients, never logged.
 """
 
@@ -43,24 +43,6 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
             f"{getattr(exc, 'strerror', None) or exc}"
         ) from None
     return context
-
-
-def faust_credentials(settings: Settings) -> Any:
-    """``broker_credentials`` for ``faust.App`` (None for PLAINTEXT)."""
-    import faust  # deferred: the admin path and the unit tests need no faust import
-
-    protocol = settings.security_protocol
-    context = ssl_context(settings)
-    if protocol in _SASL_PROTOCOLS:
-        return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password,
-            ssl_context=context,
-            mechanism=settings.sasl_mechanism,
-        )
-    if protocol == "SSL":
-        return faust.SSLCredentials(context)
-    return None
 
 
 def aiokafka_security_kwargs(settings: Settings) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The worker's topics: names, the start-up layout check, and creation of missing topics.
 
-At start (before faust starts) the worker looks at the cluster and decides:
+At start the worker looks at the cluster and decides:
 
 - impressions and clicks must be co-partitioned (DESIGN §2, §3): when both exist with
   different partition counts the worker refuses to start (``TopicLayoutError``, exit 2);
@@ -8,12 +8,12 @@ At start (before faust starts) the worker looks at the cluster and decides:
   are created with ``settings.partitions`` (a fresh deployment or the demo: creating them is
   what an operator would do by hand anyway, and producers that start later then find them);
   when only one exists, the other is created with its count, so they are co-partitioned;
-- feedback is an output that downstream stages consume co-partitioned with the inputs, so it
-  must have N partitions too (refuse otherwise) and is created with N when missing;
-- the dead-letter topic is created with N when missing; an existing one with another count
-  is accepted, because dead letters are partitioned by their key's hash, not co-partitioned;
-- the join-state changelog topics (faust creates them) must have N partitions when they
-  already exist: state built for another layout cannot be restored (refuse).
+- feedback is an output that downstream stages consume co-partitioned with the inputs, and
+  the worker's state changelog holds partition p's state in its partition p: both must have
+  N partitions (refuse otherwise) and are created with N when missing;
+- the other outputs (dead letters, calibrators, alerts, posteriors) are created with N when
+  missing; an existing one with another count is accepted (they are keyed by hash);
+- calibrators, posteriors and state are compacted (latest record per key).
 
 Topics the worker creates get replication factor min(3, brokers in the cluster): 1 on the
 local single-node broker, 3 on a production cluster.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from worker.core.errors import ConfigError, RecalError
@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 #: Short names of the topics this runtime uses (``settings.topic(short)`` is the full name).
 INPUT_SOURCES = ("impressions", "clicks")
+#: Every topic, in ``TopicNames`` field order.
+ALL_TOPICS = (
+    "impressions", "clicks", "feedback", "dlq", "calibrators", "alerts", "posteriors", "state"
+)
 MAX_REPLICATION = 3
 
 
@@ -48,25 +52,33 @@ class BrokerUnavailableError(RecalError):
 
 @dataclass(frozen=True)
 class TopicNames:
-    """Full topic names of runtime A, with the configured prefix.
+    """Full topic names of runtime A, with the configured prefix (DESIGN §3).
+
+    ``state`` is the worker's own changelog (compacted, co-partitioned with the inputs):
+    each partition's pipeline state, one record per ``Pipeline.changed_keys()`` key.
 
     >>> TopicNames.from_settings(Settings(topic_prefix="x.")).clicks
     'x.clicks'
+    >>> TopicNames.from_prefix("x.").state
+    'x.state'
     """
 
     impressions: str
     clicks: str
     feedback: str
     dlq: str
+    calibrators: str = "recal.calibrators"
+    alerts: str = "recal.alerts"
+    posteriors: str = "recal.posteriors"
+    state: str = "recal.state"
+
+    @classmethod
+    def from_prefix(cls, prefix: str) -> TopicNames:
+        return cls(*(f"{prefix}{short}" for short in ALL_TOPICS))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicNames:
-        return cls(
-            impressions=settings.topic("impressions"),
-            clicks=settings.topic("clicks"),
-            feedback=settings.topic("feedback"),
-            dlq=settings.topic("dlq"),
-        )
+        return cls.from_prefix(settings.topic_prefix)
 
     def source_of(self, topic: str) -> str:
         """"impressions" or "clicks" for an input topic's full name."""
@@ -80,19 +92,21 @@ class TopicNames:
         return self.impressions if source == "impressions" else self.clicks
 
 
-def changelog_topic_name(app_id: str, table_name: str) -> str:
-    """The changelog topic faust uses for a table (``{app_id}-{table}-changelog``)."""
-    return f"{app_id}-{table_name}-changelog"
+#: Topics whose consumers want the latest record per key (DESIGN §3): log compaction.
+COMPACTED = ("calibrators", "posteriors", "state")
+#: Topics that must have the inputs' partition count: feedback is consumed co-partitioned
+#: with them, the state changelog holds partition p's state in its partition p.
+CO_PARTITIONED = ("feedback", "state")
 
 
 @dataclass(frozen=True)
 class TopicPlan:
     """What the worker runs with: the partition count N, the replication factor of topics it
-    creates, and the topics it must create as (name, partitions)."""
+    creates, and the topics it must create as (name, partitions, topic configs)."""
 
     partitions: int
     replication_factor: int
-    create: tuple[tuple[str, int], ...] = ()
+    create: tuple[tuple[str, int, tuple[tuple[str, str], ...]], ...] = ()
 
 
 def plan_topics(
@@ -100,18 +114,24 @@ def plan_topics(
     existing: Mapping[str, int],
     default_partitions: int,
     n_brokers: int,
-    internal: Sequence[str] = (),
 ) -> TopicPlan:
     """Check the layout of ``existing`` (topic -> partition count) and plan what to create.
 
-    >>> names = TopicNames("i", "c", "f", "d")
-    >>> plan_topics(names, {"i": 4}, default_partitions=1, n_brokers=1).create
-    (('c', 4), ('f', 4), ('d', 4))
+    Inputs must be co-partitioned; their count N (else ``default_partitions``) is the count
+    of every topic the worker creates; ``feedback`` and the ``state`` changelog must have N
+    when they exist (state built for another layout cannot be restored). Calibrators,
+    posteriors and state are created compacted.
+
+    >>> names = TopicNames.from_prefix("")
+    >>> [(n, p) for n, p, _ in plan_topics(names, {"impressions": 4}, 1, 1).create][:3]
+    [('clicks', 4), ('feedback', 4), ('dlq', 4)]
+    >>> dict(plan_topics(names, {}, 1, 1).create[-1][2])
+    {'cleanup.policy': 'compact'}
     >>> try:
-    ...     plan_topics(names, {"i": 4, "c": 2}, 1, 1)
+    ...     plan_topics(names, {"impressions": 4, "clicks": 2}, 1, 1)
     ... except TopicLayoutError as err:
     ...     print(str(err)[:60])
-    input topics are not co-partitioned: i has 4 partitions, c h
+    input topics are not co-partitioned: impressions has 4 parti
     """
     n_imp = existing.get(names.impressions)
     n_clk = existing.get(names.clicks)
@@ -122,34 +142,31 @@ def plan_topics(
             "count (they are joined per partition by user_id)"
         )
     partitions = n_imp if n_imp is not None else n_clk if n_clk is not None else default_partitions
-    n_feedback = existing.get(names.feedback)
-    if n_feedback is not None and n_feedback != partitions:
-        raise TopicLayoutError(
-            f"output topic {names.feedback} has {n_feedback} partitions but the input topics "
-            f"have {partitions}; feedback must be co-partitioned with the inputs"
-        )
-    for name in internal:
-        n_internal = existing.get(name)
-        if n_internal is not None and n_internal != partitions:
+    for short in CO_PARTITIONED:
+        name = getattr(names, short)
+        n_topic = existing.get(name)
+        if n_topic is not None and n_topic != partitions:
+            why = (
+                "feedback must be co-partitioned with the inputs" if short == "feedback" else
+                "that state was built for another layout and cannot be restored; use a new "
+                "--topic-prefix (or delete the state topic)"
+            )
             raise TopicLayoutError(
-                f"state changelog {name} has {n_internal} partitions but the input topics have "
-                f"{partitions}: that state was built for another layout and cannot be restored; "
-                "use a new --app-id (or delete the app's changelog topics)"
+                f"topic {name} has {n_topic} partitions but the input topics have "
+                f"{partitions}: {why}"
             )
     create = tuple(
-        (name, partitions)
-        for name in (names.impressions, names.clicks, names.feedback, names.dlq)
-        if name not in existing
+        (getattr(names, short), partitions,
+         (("cleanup.policy", "compact"),) if short in COMPACTED else ())
+        for short in ALL_TOPICS
+        if getattr(names, short) not in existing
     )
     replication = max(1, min(MAX_REPLICATION, n_brokers))
     return TopicPlan(partitions=partitions, replication_factor=replication, create=create)
 
 
 async def ensure_topics(
-    settings: Settings,
-    names: TopicNames,
-    internal: Sequence[str] = (),
-    timeout_s: float = 30.0,
+    settings: Settings, names: TopicNames, timeout_s: float = 30.0
 ) -> TopicPlan:
     """Check the cluster's topic layout, create the missing topics; the plan run with."""
     from aiokafka.admin import AIOKafkaAdminClient
@@ -171,15 +188,15 @@ async def ensure_topics(
         ) from None
     try:
         existing, n_brokers = await _describe(admin)
-        plan = plan_topics(names, existing, settings.partitions, n_brokers, internal)
+        plan = plan_topics(names, existing, settings.partitions, n_brokers)
         if plan.create:
             await _create(admin, plan, timeout_s)
             # Another worker may have created some of them concurrently: check again.
             existing, n_brokers = await _wait_for_leaders(
-                admin, [name for name, _ in plan.create], timeout_s
+                admin, [name for name, _n, _c in plan.create], timeout_s
             )
             plan = TopicPlan(
-                plan_topics(names, existing, settings.partitions, n_brokers, internal).partitions,
+                plan_topics(names, existing, settings.partitions, n_brokers).partitions,
                 plan.replication_factor,
                 plan.create,
             )
@@ -205,8 +222,9 @@ async def _create(admin: object, plan: TopicPlan, timeout_s: float) -> None:
 
     response = await admin.create_topics(  # type: ignore[attr-defined]
         [
-            NewTopic(name=name, num_partitions=n, replication_factor=plan.replication_factor)
-            for name, n in plan.create
+            NewTopic(name=name, num_partitions=n, replication_factor=plan.replication_factor,
+                     topic_configs=dict(configs))
+            for name, n, configs in plan.create
         ],
         timeout_ms=int(timeout_s * 1000),
     )
@@ -215,7 +233,7 @@ async def _create(admin: object, plan: TopicPlan, timeout_s: float) -> None:
         if code == 0:
             log.warning(
                 "created topic %s with %s partitions (replication factor %s)",
-                name, dict(plan.create)[name], plan.replication_factor,
+                name, {t[0]: t[1] for t in plan.create}[name], plan.replication_factor,
             )
         elif code != TopicAlreadyExistsError.errno:
             message = entry[2] if len(entry) > 2 else None

@@ -8,50 +8,33 @@ from pathlib import Path
 import pytest
 
 from worker.core.errors import ConfigError
-from worker.core.records.dead_letter import DeadLetter
-from worker.core.records.feedback import Feedback
-from worker.core.records.impression import Impression
-from worker.runtime.join_router import Outcome
 from worker.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
-from worker.runtime.security import (
-    aiokafka_security_kwargs,
-    bootstrap_list,
-    faust_credentials,
-    ssl_context,
-)
+from worker.runtime.partition_task import Transaction
+from worker.runtime.security import aiokafka_security_kwargs, bootstrap_list, ssl_context
 from worker.settings import Settings
 
 
 def test_plaintext_needs_nothing() -> None:
     s = Settings()
-    assert ssl_context(s) is None and faust_credentials(s) is None
+    assert ssl_context(s) is None
     assert aiokafka_security_kwargs(s) == {"security_protocol": "PLAINTEXT"}
 
 
 def test_sasl_plaintext_passes_credentials_through() -> None:
-    import faust
-
     s = Settings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
                  sasl_username="svc", sasl_password="hunter2")
-    creds = faust_credentials(s)
-    assert isinstance(creds, faust.SASLCredentials)
-    assert (creds.username, creds.password, creds.mechanism.value) == (
-        "svc", "hunter2", "SCRAM-SHA-512")
-    assert creds.protocol.value == "SASL_PLAINTEXT"
-    assert "hunter2" not in repr(creds)
     kwargs = aiokafka_security_kwargs(s)
     assert kwargs["sasl_plain_password"] == "hunter2" and "ssl_context" not in kwargs
+    assert (kwargs["sasl_mechanism"], kwargs["sasl_plain_username"]) == ("SCRAM-SHA-512", "svc")
+    assert "hunter2" not in s.describe()
 
 
 def test_tls_protocols_get_a_verifying_context() -> None:
-    import faust
-
     s = Settings(security_protocol="SSL")
     context = ssl_context(s)
     assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
-    assert isinstance(faust_credentials(s), faust.SSLCredentials)
+    assert isinstance(aiokafka_security_kwargs(s)["ssl_context"], ssl.SSLContext)
     sasl_ssl = Settings(security_protocol="SASL_SSL", sasl_username="u", sasl_password="p")
-    assert faust_credentials(sasl_ssl).protocol.value == "SASL_SSL"
     assert isinstance(aiokafka_security_kwargs(sasl_ssl)["ssl_context"], ssl.SSLContext)
 
 
@@ -69,17 +52,18 @@ def test_bootstrap_list() -> None:
         bootstrap_list(Settings(bootstrap_servers=" , "))
 
 
-def test_metrics_count_an_outcome() -> None:
+def test_metrics_count_a_transaction() -> None:
     m = RuntimeMetrics()
-    imp = Impression("i", "u", "x", 1, "m", 0.5, 0.0, "s", None, None)
-    letter = DeadLetter("t", 0, 1, "u", "schema", "bad", b"{}", "now")
-    out = Outcome(0, feedback=[Feedback(imp, 1, 2, 2, 1), Feedback(imp, 0, 3, None, None)],
-                  dead_letters=[(b"u", letter)], late_clicks=2)
-    out.events[("impressions", "accepted")] += 3
-    m.record(out)
-    m.observe_latency([0, 500], now_ms=1_000)
-    m.set_partition(0, state_size=7, watermark=1_000.0, buffered=1, now_ms=3_000)
-    m.set_partition(1, state_size=0, watermark=float("-inf"), buffered=0, now_ms=3_000)
+    txn = Transaction(0)
+    txn.events[("impressions", "accepted")] += 3
+    txn.outputs.update({"feedback_1": 1, "feedback_0": 1, "dlq:schema": 1,
+                        "calibrators:bootstrap": 2, "alerts:calibration_drift:firing": 1,
+                        "posteriors": 4})
+    txn.received_ms.extend([0, 500])
+    m.record(txn, now_ms=1_000)
+    m.set_partition(0, state_records=7, clock_ms=1_000.0, buffered=1, now_ms=3_000)
+    m.set_partition(1, state_records=0, clock_ms=float("-inf"), buffered=0, now_ms=3_000)
+    m.set_lag(0, "clicks", 12)
     text = m.exposition().decode()
     for line in (
         'recal_events_total{outcome="accepted",topic="impressions"} 3.0',
@@ -87,8 +71,13 @@ def test_metrics_count_an_outcome() -> None:
         'recal_feedback_total{label="1"} 1.0',
         'recal_feedback_total{label="0"} 1.0',
         'recal_dead_letters_total{reason="schema"} 1.0',
-        "recal_late_clicks_total 2.0",
-        'recal_join_state_size{partition="0"} 7.0',
+        'recal_calibrator_versions_total{reason="bootstrap"} 2.0',
+        'recal_alert_events_total{kind="calibration_drift",status="firing"} 1.0',
+        'recal_alerts_firing{kind="calibration_drift"} 1.0',
+        "recal_posterior_snapshots_total 4.0",
+        'recal_transactions_total{result="committed"} 1.0',
+        'recal_state_records{partition="0"} 7.0',
+        'recal_consumer_lag{partition="0",topic="clicks"} 12.0',
         'recal_watermark_lag_seconds{partition="0"} 2.0',
         "recal_processing_seconds_count 2.0",
     ):
@@ -99,7 +88,7 @@ def test_metrics_count_an_outcome() -> None:
     assert "charset" not in CONTENT_TYPE and CONTENT_TYPE.startswith("text/plain")
 
 
-def test_each_app_has_its_own_registry() -> None:
+def test_each_worker_has_its_own_registry() -> None:
     a, b = RuntimeMetrics(), RuntimeMetrics()
-    a.late_clicks.inc()
-    assert "recal_late_clicks_total 0.0" in b.exposition().decode()
+    a.rebalances.inc()
+    assert "recal_rebalances_total 0.0" in b.exposition().decode()

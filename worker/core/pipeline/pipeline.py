@@ -243,7 +243,10 @@ class Pipeline:
     def export(self, key: str) -> dict[str, Any] | None:
         """One record named by ``changed_keys()``; None means "delete it"."""
         if key == "clock":
-            return {"v": 1, "join": self._join.export_clock(), "max_ts": _encode(self._max_ts)}
+            return {
+                "v": 1, "config": self._join_config(), "join": self._join.export_clock(),
+                "max_ts": _encode(self._max_ts),
+            }
         if key == "monitor":
             return self._monitor.to_dict()
         if key.startswith("join:"):
@@ -257,16 +260,43 @@ class Pipeline:
         self._touched = False
         return {
             "v": 1,
-            "config": {
-                "window_ms": self._cfg.window_ms,
-                "allowed_lateness_ms": self._cfg.allowed_lateness_ms,
-                "idle_timeout_ms": self._cfg.idle_timeout_ms,
-                "max_clock_jump_ms": self._cfg.max_clock_jump_ms,
-                "clock_confirmations": self._cfg.clock_confirmations,
-            },
+            "config": self._join_config(),
             "max_ts": _encode(self._max_ts),
             "join": self._join.to_dict(),
             "monitor": self._monitor.to_dict(),
+        }
+
+    def mark_persisted(self) -> None:
+        """The records named by ``changed_keys()`` were persisted: start a new change set."""
+        self._join.dirty_users()
+        self._changed.clear()
+        self._touched = False
+
+    @classmethod
+    def from_records(cls, records: dict[str, Any]) -> Pipeline:
+        """A pipeline continuing exactly where the one whose ``export`` ed records these are
+        stood (the latest record per key, deleted keys absent)."""
+        clock = records["clock"]
+        monitor = FeedbackStage.from_dict(records["monitor"])
+        cfg = PipelineConfig(
+            monitor=monitor.config, policy=monitor.policy.config, **clock["config"]
+        )
+        pipe = cls(cfg)
+        pipe._monitor = monitor
+        pipe._join.restore(
+            clock["join"], (v for k, v in records.items() if k.startswith("join:"))
+        )
+        pipe._max_ts = _decode(clock["max_ts"])
+        pipe._join.dirty_users()
+        return pipe
+
+    def _join_config(self) -> dict[str, Any]:
+        return {
+            "window_ms": self._cfg.window_ms,
+            "allowed_lateness_ms": self._cfg.allowed_lateness_ms,
+            "idle_timeout_ms": self._cfg.idle_timeout_ms,
+            "max_clock_jump_ms": self._cfg.max_clock_jump_ms,
+            "clock_confirmations": self._cfg.clock_confirmations,
         }
 
     @classmethod

@@ -122,17 +122,28 @@ def dead_letter_key(key: bytes | None) -> bytes | None:
     return key if key is None or len(key) <= DLQ_MAX_KEY_CHARS else key[:DLQ_MAX_KEY_CHARS]
 
 
-def event_ref(offset: int | None, raw: bytes) -> list[Any]:
+def event_ref(offset: int | None, raw: bytes, source: str | None = None) -> list[Any]:
     """The opaque ``ref`` a runtime gives the join with an event it may hand back later
     (an orphan click, an unconfirmed far-future event): enough to dead-letter the original
-    bytes. JSON-ready, because the join persists it while the event waits.
+    bytes. JSON-ready, because the join persists it while the event waits. ``source`` (the
+    Kafka runtime's input topic, ``impressions`` or ``clicks``) rides along when given.
 
     >>> event_ref(7, b"{}")
     [7, 'e30=']
-    >>> unpack_ref(event_ref(7, b"{}"), {"x": 1})
-    (7, b'{}')
+    >>> unpack_ref(event_ref(7, b"{}", "clicks"), {"x": 1}), ref_source(event_ref(7, b"", "clicks"))
+    ((7, b'{}'), 'clicks')
     """
-    return [offset, base64.b64encode(raw).decode("ascii")]
+    out: list[Any] = [offset, base64.b64encode(raw).decode("ascii")]
+    if source is not None:
+        out.append(source)
+    return out
+
+
+def ref_source(ref: object) -> str | None:
+    """The ``source`` an ``event_ref`` carries, or None."""
+    if isinstance(ref, list) and len(ref) == 3 and isinstance(ref[2], str):
+        return ref[2]
+    return None
 
 
 def unpack_ref(ref: object, fallback: Mapping[str, Any]) -> tuple[int | None, bytes]:
@@ -148,7 +159,7 @@ def unpack_ref(ref: object, fallback: Mapping[str, Any]) -> tuple[int | None, by
     """
     if isinstance(ref, tuple) and len(ref) == 2 and isinstance(ref[1], bytes):
         return (ref[0] if isinstance(ref[0], int) else None), ref[1]
-    if isinstance(ref, list) and len(ref) == 2 and isinstance(ref[1], str):
+    if isinstance(ref, list) and len(ref) in (2, 3) and isinstance(ref[1], str):
         try:
             payload = base64.b64decode(ref[1], validate=True)
         except (binascii.Error, ValueError):

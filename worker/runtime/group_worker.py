@@ -1,0 +1,488 @@
+"""Runtime A: one member of the consumer group, exactly once (DESIGN §2, §8, §9).
+
+The loop: ``getmany`` batches from the two input topics, each partition's ``PartitionTask``
+(event-time alignment, the ``Pipeline``), and every ``commit_interval_ms`` one Kafka
+transaction per partition holding its output messages, its changed state records (the
+compacted ``state`` topic, partition p) and its input offsets
+(``send_offsets_to_transaction``). Everything read back — inputs, the state at restore — is
+read ``read_committed``. A crash, a fencing or a failed step therefore means "start again
+from the last committed transaction": nothing lost, nothing twice.
+
+**Fencing.** Each partition has its own transactional producer, ``transactional.id`` =
+``<app_id>|<state topic>|<partition>``. The next owner of a partition starts its producer
+first (``init_transactions`` aborts or completes the previous owner's open transaction and
+fences it: a zombie's next commit fails), then reads the committed offsets and the state —
+so it starts from exactly the last committed transaction. (aiokafka's
+``send_offsets_to_transaction`` carries no group generation, so per-worker producers could
+not fence a zombie; per-partition ids can.)
+
+**Rebalances.** The assignment is range-based, so partition p of both input topics goes to
+the same member. When a revoke begins, the loop is not inside a step (one lock guards both);
+the revoked partitions' pending transactions are committed, then their tasks and producers
+are dropped: nothing is processed for a partition once its revoke has begun. Messages still
+waiting in the merger were never committed and are read again by the next owner.
+
+**Idle inputs.** The merger waits for the other topic only while that topic-partition has
+unread messages. That is asked of the broker: the consumer's position against an end offset
+fetched for the question (``end_offsets``), never a cached highwater. The same check, on
+both topics, lets an idle partition's watermark follow the wall clock.
+
+**Poison input.** A step that raises aborts nothing on Kafka (the transaction was not begun)
+but the partition's in-memory state is suspect: the partition is rebuilt from the changelog,
+its consumer seeks back to the committed offsets, and the inputs are processed one by one
+until the failing one is found; an input that raised ``max_processing_attempts`` times is
+dead-lettered (``processing_error``, with the exception text) and the partition moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import traceback
+from collections import Counter
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener
+
+from worker.core.codec.input_decoder import InputDecoder
+from worker.core.pipeline import Pipeline
+from worker.runtime.metrics import RuntimeMetrics
+from worker.runtime.partition_task import PartitionTask
+from worker.runtime.security import aiokafka_security_kwargs, bootstrap_list
+from worker.runtime.topics import INPUT_SOURCES, TopicNames, TopicPlan
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Largest number of records one ``getmany`` returns (bounds one step's work and latency).
+MAX_POLL_RECORDS = 20_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class GroupWorker:
+    """One member of the recal consumer group (see the module doc).
+
+    ``run()`` returns when ``stop()`` was called (SIGTERM: the pending transactions are
+    committed and the group is left) or raises when the worker cannot go on.
+    """
+
+    def __init__(self, settings: Settings, plan: TopicPlan) -> None:
+        self.settings = settings
+        self.names = TopicNames.from_settings(settings)
+        self.plan = plan
+        self.metrics = RuntimeMetrics()
+        self._config = settings.pipeline_config()
+        self._decoder = InputDecoder(
+            max_message_bytes=settings.max_message_bytes,
+            max_future_ms=int(settings.max_future_s * 1000),
+        )
+        self._tasks: dict[int, PartitionTask] = {}
+        self._producers: dict[int, Any] = {}
+        # Per partition: inputs that raised, and how often (survives the task's rebuild).
+        self._failures: dict[int, Counter[tuple[str, int]]] = {}
+        self._poisoned: dict[int, dict[tuple[str, int], str]] = {}
+        # Partition -> the input offsets (by source) up to which it runs one message per step.
+        self._careful: dict[int, dict[str, int]] = {}
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._consumer: Any = None
+        self._restorer: Any = None
+        self._assigned = False
+        self._crashed: str | None = None
+        self._last_loop = time.monotonic()
+        self._next_commit = 0.0
+        self._next_posteriors = 0.0
+        self._next_idle_check: dict[int, float] = {}
+        # Per partition, how often its inputs were sought (restores): messages fetched
+        # before a seek of their partition are dropped (they are fetched again after it).
+        self._seeks: Counter[int] = Counter()
+
+    # ------------------------------------------------------------------ health
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._crashed is not None:
+            return False, f"crashed: {self._crashed}"
+        if not self._assigned:
+            return False, "waiting for a partition assignment"
+        return True, f"processing partitions {sorted(self._tasks)}"
+
+    def liveness(self) -> tuple[bool, str]:
+        """False once the worker crashed or its loop has not turned for a session timeout
+        (a stuck consumer: the orchestrator should restart the process)."""
+        if self._crashed is not None:
+            return False, f"crashed: {self._crashed}"
+        stalled = time.monotonic() - self._last_loop
+        if stalled > max(30.0, self.settings.session_timeout_s):
+            return False, f"consumer loop stalled for {stalled:.0f}s"
+        return True, "ok"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+        s = self.settings
+        security = aiokafka_security_kwargs(s)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_list(s),
+            group_id=s.app_id,
+            client_id=f"{s.app_id}-consumer",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            # Range: partition p of both input topics goes to the same member.
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000),
+            request_timeout_ms=int(max(40.0, s.session_timeout_s + 10) * 1000),
+            max_partition_fetch_bytes=max(1 << 20, s.max_message_bytes * 4),
+            **security,
+        )
+        self._restorer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_list(s),
+            group_id=None,
+            client_id=f"{s.app_id}-restore",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            **security,
+        )
+        await self._restorer.start()
+        self._consumer.subscribe(
+            [self.names.impressions, self.names.clicks], listener=_Listener(self)
+        )
+        await self._consumer.start()
+        try:
+            await self._loop()
+        except BaseException as exc:
+            self._crashed = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            await self._shutdown()
+
+    async def _loop(self) -> None:
+        consumer = self._consumer
+        interval = self.settings.commit_interval_ms / 1000.0
+        posterior_interval = self.settings.posterior_interval_s
+        while not self._stop.is_set():
+            self._last_loop = time.monotonic()
+            batches = await consumer.getmany(
+                timeout_ms=min(100, self.settings.commit_interval_ms),
+                max_records=MAX_POLL_RECORDS,
+            )
+            # No await since getmany returned: a partition sought after this point was
+            # sought *after* these messages were fetched.
+            seeks = dict(self._seeks)
+            probes = await self._probe_inputs()
+            async with self._lock:
+                wall = now_ms()
+                for tp, messages in batches.items():
+                    task = self._tasks.get(tp.partition)
+                    if task is None or seeks.get(tp.partition) != self._seeks[tp.partition]:
+                        # Revoked, or rebuilt and sought back to its committed offsets since
+                        # these were fetched: they are read again from there.
+                        continue
+                    source = self.names.source_of(tp.topic)
+                    offer = task.offer
+                    for msg in messages:
+                        offer(source, msg.offset, msg.key, msg.value, wall)
+                for partition in list(self._tasks):
+                    await self._step(partition, wall, probes.get(partition))
+                mono = time.monotonic()
+                if mono >= self._next_posteriors:
+                    self._next_posteriors = mono + posterior_interval
+                    for task in self._tasks.values():
+                        task.drain_posteriors()
+                if mono >= self._next_commit:
+                    self._next_commit = mono + interval
+                    await self._commit(list(self._tasks))
+
+    async def _step(
+        self, partition: int, wall: int, probe: dict[str, bool] | None
+    ) -> None:
+        task = self._tasks[partition]
+        backlog = (lambda source: probe.get(source)) if probe is not None else (lambda _s: None)
+        idle = probe is not None and probe.get("impressions") is False and (
+            probe.get("clicks") is False
+        )
+        careful = self._careful.get(partition)
+        try:
+            if careful is None:
+                task.step(wall, backlog, idle=idle)
+            else:
+                task.process_one_by_one(wall, backlog)
+                done = task.pending_offsets()
+                if all(done.get(src, -1) >= off for src, off in careful.items()):
+                    del self._careful[partition]
+        except Exception as exc:  # a bug or poison input: rebuild, find the input, move on
+            await self._on_step_failure(partition, task, exc)
+
+    async def _on_step_failure(self, partition: int, task: PartitionTask, exc: Exception) -> None:
+        self.metrics.processing_failures.inc()
+        failures = self._failures.setdefault(partition, Counter())
+        failures.update(task.failures)
+        text = f"processing raised {type(exc).__name__}: {exc}"
+        poisoned = self._poisoned.setdefault(partition, {})
+        limit = self.settings.max_processing_attempts
+        for key, n in failures.items():
+            if n >= limit and key not in poisoned:
+                poisoned[key] = f"{text} ({n} attempts)"
+                log.error(
+                    "partition %s: %s offset %s raised %s times; it is dead-lettered "
+                    "(processing_error)", partition, key[0], key[1], n,
+                )
+        if partition not in self._careful:
+            # Everything up to what this step had read is replayed one message at a time.
+            self._careful[partition] = task.pending_offsets()
+        log.error(
+            "partition %s: step failed (%s); rebuilding it from its last committed "
+            "transaction\n%s", partition, text, "".join(traceback.format_exception(exc)),
+        )
+        await self._restore(partition)
+
+    # ------------------------------------------------------------------ idle / backlog
+
+    async def _probe_inputs(self) -> dict[int, dict[str, bool]]:
+        """Per partition that needs it: whether each input topic-partition has unread
+        messages, from end offsets fetched now (DESIGN §9). Asked for partitions whose
+        merger waits for the other topic, and (once per idle timeout / 4) for partitions
+        with nothing buffered, to let an idle watermark follow the wall clock."""
+        from aiokafka import TopicPartition
+        from aiokafka.errors import KafkaError
+
+        consumer = self._consumer
+        mono = time.monotonic()
+        wanted: dict[int, tuple[str, ...]] = {}
+        for partition, task in list(self._tasks.items()):
+            waiting = task.waiting_for()
+            if waiting is not None:
+                wanted[partition] = (waiting,)
+            elif task.buffered == 0 and mono >= self._next_idle_check.get(partition, 0.0):
+                self._next_idle_check[partition] = mono + self.settings.idle_timeout_s / 4
+                wanted[partition] = INPUT_SOURCES
+        if not wanted:
+            return {}
+        tps = {
+            (p, src): TopicPartition(self.names.input_topic(src), p)
+            for p, sources in wanted.items() for src in sources
+        }
+        try:
+            ends = await consumer.end_offsets(list(tps.values()))
+            out: dict[int, dict[str, bool]] = {}
+            for (p, src), tp in tps.items():
+                position = await consumer.position(tp)
+                out.setdefault(p, {})[src] = position < ends[tp]
+                self.metrics.set_lag(p, src, max(0, ends[tp] - position))
+            return out
+        except (KafkaError, AssertionError, asyncio.TimeoutError) as exc:
+            # A rebalance in progress, or the broker slow: unknown (the merger waits its
+            # bounded time), never "idle".
+            log.debug("end-offset probe failed: %r", exc)
+            return {}
+
+    # ------------------------------------------------------------------ transactions
+
+    async def _commit(self, partitions: list[int]) -> None:
+        await asyncio.gather(*(self._commit_one(p) for p in partitions if p in self._tasks))
+
+    async def _commit_one(self, partition: int) -> None:
+        from aiokafka import TopicPartition
+        from aiokafka.errors import KafkaError
+
+        task = self._tasks[partition]
+        txn = task.take_transaction()
+        if not txn:
+            return
+        producer = self._producers[partition]
+        try:
+            await producer.begin_transaction()
+            send = producer.send
+            for msg in txn.messages:
+                await send(msg.topic, msg.value, key=msg.key, partition=msg.partition)
+            for msg in txn.state:
+                await send(msg.topic, msg.value, key=msg.key, partition=msg.partition)
+            if txn.offsets:
+                await producer.send_offsets_to_transaction(
+                    {
+                        TopicPartition(self.names.input_topic(src), partition): offset
+                        for src, offset in txn.offsets.items()
+                    },
+                    self.settings.app_id,
+                )
+            await producer.commit_transaction()
+        except KafkaError as exc:
+            self.metrics.transactions.labels(result="aborted").inc()
+            log.error(
+                "partition %s: transaction failed (%s: %s); the partition restarts from its "
+                "last committed transaction", partition, type(exc).__name__, exc,
+            )
+            with contextlib.suppress(Exception):
+                await producer.abort_transaction()
+            await self._drop(partition)
+            await self._adopt(partition)
+            return
+        self.metrics.record(txn, now_ms())
+        pipe = task.pipeline
+        self.metrics.set_partition(
+            partition, task.state_records, pipe.clock_ms, task.buffered, now_ms()
+        )
+
+    # ------------------------------------------------------------------ assignment
+
+    async def on_revoked(self, partitions: set[int]) -> None:
+        async with self._lock:
+            self._assigned = False
+            self.metrics.ready.set(0)
+            mine = sorted(p for p in partitions if p in self._tasks)
+            if mine:
+                await self._commit(mine)
+                for partition in mine:
+                    await self._drop(partition)
+                log.info("partitions %s revoked (pending transactions committed)", mine)
+
+    async def on_assigned(self, partitions: set[int], tps: list[Any]) -> None:
+        # Before any await: nothing is fetched for the new partitions until their state is
+        # restored and their positions set (``_restore`` resumes them).
+        self._consumer.pause(*tps)
+        async with self._lock:
+            self.metrics.rebalances.inc()
+            for partition in sorted(partitions):
+                if partition not in self._tasks:
+                    await self._adopt(partition)
+            # Partitions kept across the rebalance (not revoked) just go on.
+            self._consumer.resume(*(tp for tp in tps if tp.partition in self._tasks))
+            self._assigned = True
+            self.metrics.ready.set(1)
+            log.info("assigned partitions %s", sorted(partitions))
+
+    async def _adopt(self, partition: int) -> None:
+        """Become the owner of ``partition``: fence the previous owner, then restore."""
+        from aiokafka import AIOKafkaProducer
+
+        s = self.settings
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_list(s),
+            client_id=f"{s.app_id}-p{partition}",
+            transactional_id=f"{s.app_id}|{self.names.state}|{partition}",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_request_size=max(1 << 20, s.max_message_bytes * 4),
+            **aiokafka_security_kwargs(s),
+        )
+        # start() runs init_transactions: the previous owner's open transaction is aborted
+        # (or completed) and that owner fenced, before anything is read below.
+        await producer.start()
+        self._producers[partition] = producer
+        await self._restore(partition)
+
+    async def _restore(self, partition: int) -> None:
+        """(Re)build the partition's task from its changelog and seek its inputs back to
+        the committed offsets: the state of the last committed transaction."""
+        from aiokafka import TopicPartition
+
+        started = time.monotonic()
+        self._tasks.pop(partition, None)
+        records = await self._read_changelog(partition)
+        pipeline = Pipeline.from_records(records) if records else Pipeline(self._config)
+        task = PartitionTask(
+            partition, pipeline, self.names, self._decoder,
+            self.settings.merge_max_wait_ms, self.settings.merge_max_backlog_wait_ms,
+            state_keys=set(records),
+        )
+        task.poisoned = self._poisoned.setdefault(partition, {})
+        self._tasks[partition] = task
+        positions = {}
+        consumer = self._consumer
+        tps = [TopicPartition(self.names.input_topic(source), partition)
+               for source in INPUT_SOURCES]
+        consumer.pause(*tps)
+        self._seeks[partition] += 1
+        for source, tp in zip(INPUT_SOURCES, tps, strict=True):
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+            task.expect(source, await consumer.position(tp))
+            positions[source] = committed
+        consumer.resume(*tps)
+        elapsed = time.monotonic() - started
+        self.metrics.restore_seconds.observe(elapsed)
+        self.metrics.restore_records.inc(len(records))
+        users = sum(1 for key in records if key.startswith("join:"))
+        log.info(
+            "partition %s: state restored (%s records, %s join users) in %.2fs; inputs from "
+            "offsets %s", partition, len(records), users, elapsed, positions,
+        )
+
+    async def _read_changelog(self, partition: int) -> dict[str, Any]:
+        """The latest record per key of the partition's changelog (committed data only)."""
+        import orjson
+        from aiokafka import TopicPartition
+
+        restorer = self._restorer
+        tp = TopicPartition(self.names.state, partition)
+        restorer.assign([tp])
+        await restorer.seek_to_beginning(tp)
+        end = (await restorer.end_offsets([tp]))[tp]
+        records: dict[str, Any] = {}
+        last_log = time.monotonic()
+        while await restorer.position(tp) < end:
+            batch = await restorer.getmany(tp, timeout_ms=500, max_records=50_000)
+            for msg in batch.get(tp, ()):
+                key = msg.key.decode("utf-8")
+                if msg.value is None:
+                    records.pop(key, None)
+                else:
+                    records[key] = orjson.loads(msg.value)
+            if time.monotonic() - last_log > 5:
+                last_log = time.monotonic()
+                log.info(
+                    "partition %s: restoring state, offset %s of %s",
+                    partition, await restorer.position(tp), end,
+                )
+        return records
+
+    async def _drop(self, partition: int) -> None:
+        self._tasks.pop(partition, None)
+        self._careful.pop(partition, None)
+        self.metrics.forget_partition(partition)
+        producer = self._producers.pop(partition, None)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+    async def _shutdown(self) -> None:
+        async with self._lock:
+            if self._crashed is None and self._tasks:
+                with contextlib.suppress(Exception):
+                    await self._commit(list(self._tasks))
+            for partition in list(self._tasks):
+                await self._drop(partition)
+        for client in (self._consumer, self._restorer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka's rebalance callbacks, forwarded to the worker (by partition number)."""
+
+    def __init__(self, worker: GroupWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._worker.on_revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self._worker.on_assigned({tp.partition for tp in assigned}, list(assigned))
+
