@@ -51,11 +51,20 @@ from worker.core.pipeline import Pipeline
 from worker.runtime.metrics import RuntimeMetrics
 from worker.runtime.partition_task import PartitionTask
 from worker.runtime.security import aiokafka_security_kwargs, bootstrap_list
-from worker.runtime.topics import INPUT_SOURCES, TopicNames, TopicPlan
+from worker.runtime.topics import (
+    INPUT_SOURCES,
+    STATE_MAX_MESSAGE_BYTES,
+    TopicNames,
+    TopicPlan,
+)
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Transactions of one partition that may fail in a row (each time the partition restarts
+#: from its last committed transaction) before the worker stops: a failure that repeats is
+#: not transient (e.g. a record over the broker's limit) and must reach the operator.
+MAX_COMMIT_FAILURES = 5
 #: Largest number of records one ``getmany`` returns (bounds one step's work and latency).
 MAX_POLL_RECORDS = 20_000
 
@@ -98,6 +107,7 @@ class GroupWorker:
         self._next_commit = 0.0
         self._next_posteriors = 0.0
         self._next_idle_check: dict[int, float] = {}
+        self._commit_failures: Counter[int] = Counter()
         # Per partition, how often its inputs were sought (restores): messages fetched
         # before a seek of their partition are dropped (they are fetched again after it).
         self._seeks: Counter[int] = Counter()
@@ -145,6 +155,7 @@ class GroupWorker:
             heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000),
             request_timeout_ms=int(max(40.0, s.session_timeout_s + 10) * 1000),
             max_partition_fetch_bytes=max(1 << 20, s.max_message_bytes * 4),
+            fetch_max_bytes=64 << 20,
             **security,
         )
         self._restorer = AIOKafkaConsumer(
@@ -152,6 +163,8 @@ class GroupWorker:
             group_id=None,
             client_id=f"{s.app_id}-restore",
             enable_auto_commit=False,
+            max_partition_fetch_bytes=STATE_MAX_MESSAGE_BYTES,
+            fetch_max_bytes=64 << 20,
             isolation_level="read_committed",
             **security,
         )
@@ -320,6 +333,13 @@ class GroupWorker:
             await producer.commit_transaction()
         except KafkaError as exc:
             self.metrics.transactions.labels(result="aborted").inc()
+            failures = self._commit_failures[partition] = self._commit_failures[partition] + 1
+            if failures >= MAX_COMMIT_FAILURES:
+                raise RuntimeError(
+                    f"partition {partition}: {failures} transactions in a row failed, the last "
+                    f"with {type(exc).__name__}: {exc}; stopping (the input offsets stay at "
+                    "the last committed transaction)"
+                ) from exc
             log.error(
                 "partition %s: transaction failed (%s: %s); the partition restarts from its "
                 "last committed transaction", partition, type(exc).__name__, exc,
@@ -329,6 +349,7 @@ class GroupWorker:
             await self._drop(partition)
             await self._adopt(partition)
             return
+        self._commit_failures[partition] = 0
         self.metrics.record(txn, now_ms())
         pipe = task.pipeline
         self.metrics.set_partition(
@@ -375,7 +396,9 @@ class GroupWorker:
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
-            max_request_size=max(1 << 20, s.max_message_bytes * 4),
+            # State records (the partition's monitor) can pass 1 MB: the state topic is
+            # created with the same limit.
+            max_request_size=STATE_MAX_MESSAGE_BYTES,
             **aiokafka_security_kwargs(s),
         )
         # start() runs init_transactions: the previous owner's open transaction is aborted

@@ -94,6 +94,9 @@ class TopicNames:
 
 #: Topics whose consumers want the latest record per key (DESIGN §3): log compaction.
 COMPACTED = ("calibrators", "posteriors", "state")
+#: Largest state record (bytes) the changelog accepts: a partition's ``monitor`` record holds
+#: the policy's training buffers and grows past Kafka's 1 MB default.
+STATE_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: Topics that must have the inputs' partition count: feedback is consumed co-partitioned
 #: with them, the state changelog holds partition p's state in its partition p.
 CO_PARTITIONED = ("feedback", "state")
@@ -126,7 +129,7 @@ def plan_topics(
     >>> [(n, p) for n, p, _ in plan_topics(names, {"impressions": 4}, 1, 1).create][:3]
     [('clicks', 4), ('feedback', 4), ('dlq', 4)]
     >>> dict(plan_topics(names, {}, 1, 1).create[-1][2])
-    {'cleanup.policy': 'compact'}
+    {'cleanup.policy': 'compact', 'max.message.bytes': '16777216'}
     >>> try:
     ...     plan_topics(names, {"impressions": 4, "clicks": 2}, 1, 1)
     ... except TopicLayoutError as err:
@@ -156,13 +159,21 @@ def plan_topics(
                 f"{partitions}: {why}"
             )
     create = tuple(
-        (getattr(names, short), partitions,
-         (("cleanup.policy", "compact"),) if short in COMPACTED else ())
+        (getattr(names, short), partitions, _topic_configs(short))
         for short in ALL_TOPICS
         if getattr(names, short) not in existing
     )
     replication = max(1, min(MAX_REPLICATION, n_brokers))
     return TopicPlan(partitions=partitions, replication_factor=replication, create=create)
+
+
+def _topic_configs(short: str) -> tuple[tuple[str, str], ...]:
+    configs: list[tuple[str, str]] = []
+    if short in COMPACTED:
+        configs.append(("cleanup.policy", "compact"))
+    if short == "state":
+        configs.append(("max.message.bytes", str(STATE_MAX_MESSAGE_BYTES)))
+    return tuple(configs)
 
 
 async def ensure_topics(

@@ -1,0 +1,269 @@
+"""`recal worker` publishes every output of the pipeline, and poison input never stops it.
+
+- On one partition, the Kafka outputs (feedback, calibrator versions, alerts, posteriors)
+  equal `recal replay`'s on the same stream, field for field except the wall-clock stamps
+  (issue 9, test (a)).
+- Poison messages (a 600 KB key, a 1 MB value, garbage, a null value) interleaved with valid
+  traffic are all dead-lettered, the valid outputs are unchanged and the worker never
+  restarts (test (f)).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.integration.test_worker_join import (
+    Line,
+    WorkerProcess,
+    http_get,
+    produce,
+    topic_names,
+)
+from worker.localkafka import TopicSpec, create_topics
+from worker.replay import run_replay
+from worker.settings import Settings
+from worker.sim.scenario import Scenario
+from worker.sim.streamrec import generate
+
+pytestmark = pytest.mark.integration
+
+WINDOW_S = 600
+# A drifting stream in event-time order (no reordering, duplicates or corruption: the Kafka
+# runtime merges the two topics by ts, replay reads the file order; here they coincide),
+# with a short refit cadence, so bootstrap, scheduled and drift versions and alerts happen.
+SCENARIO = Scenario(
+    n_events=12_000, n_users=100, n_items=50, seed=4, events_per_second=5,
+    drift_at_event=5_000, drift_temperature=2.0, attribution_window_ms=WINDOW_S * 1000,
+)
+KNOBS = {"recalibrate_every": 300, "monitor_check_every": 100}
+OUTPUT_TOPICS = ("feedback", "calibrators", "alerts", "posteriors", "dlq")
+
+
+class TopicReader:
+    """Reads output topics from the beginning, read_committed, keeping keys and values."""
+
+    def __init__(self, bootstrap: str, topics: dict[str, str]) -> None:
+        self.bootstrap = bootstrap
+        self.by_name = {topics[short]: short for short in OUTPUT_TOPICS}
+        self.records: dict[str, list[tuple[bytes | None, bytes | None]]] = {
+            short: [] for short in OUTPUT_TOPICS
+        }
+        self._consumer: Any = None
+
+    async def __aenter__(self) -> TopicReader:
+        from aiokafka import AIOKafkaConsumer
+
+        self._consumer = AIOKafkaConsumer(
+            *self.by_name, bootstrap_servers=self.bootstrap, group_id=None,
+            auto_offset_reset="earliest", enable_auto_commit=False,
+            isolation_level="read_committed", max_partition_fetch_bytes=4 << 20,
+        )
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def poll(self) -> None:
+        batches = await self._consumer.getmany(timeout_ms=200)
+        for tp, records in batches.items():
+            for record in records:
+                self.records[self.by_name[tp.topic]].append((record.key, record.value))
+
+    def values(self, short: str) -> list[dict[str, Any]]:
+        return [orjson.loads(v) for _k, v in self.records[short] if v is not None]
+
+    async def wait_for(
+        self, done: Callable[[TopicReader], bool], worker: WorkerProcess, timeout_s: float,
+        what: str,
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done(self):
+            if worker.proc.poll() is not None:
+                pytest.fail(f"worker exited {worker.proc.returncode} waiting for {what}\n"
+                            f"{worker.log_tail()}")
+            if time.monotonic() > deadline:
+                counts = {k: len(v) for k, v in self.records.items()}
+                pytest.fail(f"timed out waiting for {what}: {counts}\n{worker.log_tail()}")
+            await self.poll()
+
+
+def worker_flags(bootstrap: str, prefix: str, app_id: str) -> list[str]:
+    return [
+        "--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "--app-id", app_id,
+        "--web-port", "0", "--attribution-window", str(WINDOW_S), "--allowed-lateness", "30",
+        "--idle-timeout-s", "2", "--posterior-interval-s", "1",
+        "--recalibrate-every", str(KNOBS["recalibrate_every"]),
+        "--monitor-check-every", str(KNOBS["monitor_check_every"]),
+    ]
+
+
+def replay_outputs(lines: list[bytes], tmp_path: Path) -> dict[str, list[dict[str, Any]]]:
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(line + b"\n" for line in lines))
+    settings = Settings.load(env={}, overrides={
+        "attribution_window_s": WINDOW_S, "allowed_lateness_s": 30, **KNOBS})
+    out_dir = tmp_path / "replay"
+    run_replay(events, out_dir, settings.pipeline_config())
+    return {
+        name: [orjson.loads(raw) for raw in (out_dir / f"{name}.jsonl").read_bytes().splitlines()]
+        for name in ("feedback", "calibrators", "alerts", "posteriors", "dlq")
+    }
+
+
+def without(obj: dict[str, Any], *fields: str) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in fields}
+
+
+def as_lines(raws: list[bytes]) -> list[Line]:
+    out = []
+    for raw in raws:
+        obj = orjson.loads(raw)
+        source = "impressions" if obj["type"] == "impression" else "clicks"
+        out.append(Line(source, obj["user_id"].encode(), raw, obj, partition=0))
+    return out
+
+
+async def test_one_partition_publishes_what_replay_writes(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str], tmp_path: Path
+) -> None:
+    raws = [event.raw for event in generate(SCENARIO)]
+    expected = replay_outputs(raws, tmp_path)
+    assert expected["calibrators"] and expected["alerts"], "the stream must refit and alert"
+    assert {v["reason"] for v in expected["calibrators"]} >= {"bootstrap", "scheduled"}
+
+    prefix = unique_topic("recal") + "."
+    topics = topic_names(prefix) | {s: f"{prefix}{s}" for s in OUTPUT_TOPICS}
+    await create_topics(
+        kafka_bootstrap,
+        [TopicSpec(topics["impressions"], 1), TopicSpec(topics["clicks"], 1)],
+    )
+    await produce(kafka_bootstrap, topics, as_lines(raws))
+    worker = WorkerProcess(worker_flags(kafka_bootstrap, prefix, unique_topic("app")),
+                           tmp_path / "worker.log")
+    n_feedback = len(expected["feedback"])
+    try:
+        async with TopicReader(kafka_bootstrap, topics) as out:
+            await out.wait_for(
+                lambda o: len(o.records["feedback"]) >= n_feedback
+                and len(o.records["calibrators"]) >= len(expected["calibrators"])
+                and len(o.records["alerts"]) >= len(expected["alerts"]),
+                worker, timeout_s=180, what="every output",
+            )
+            await asyncio.sleep(2.5)  # posterior batches after the last feedback
+            for _ in range(10):
+                await out.poll()
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.log_tail()
+
+    assert out.values("feedback") == expected["feedback"]
+    assert [without(v, "created_at") for v in out.values("calibrators")] == [
+        without(v, "created_at") for v in expected["calibrators"]]
+    assert [without(v, "created_at") for v in out.values("alerts")] == [
+        without(v, "created_at") for v in expected["alerts"]]
+    for key, value in out.records["calibrators"]:
+        msg = orjson.loads(value)  # type: ignore[arg-type]
+        assert key == f"{msg['model_id']}|{msg['scope']}".encode()
+    # Posteriors: the latest snapshot per (user, arm) equals replay's final one (replay
+    # stamps it at the end of input, the worker at its batch). A snapshot's tier is the
+    # user's tier when it was taken; the user's later tier changes are their own messages.
+    latest: dict[bytes | None, dict[str, Any]] = {}
+    tier_of: dict[str, str] = {}
+    for key, value in out.records["posteriors"]:
+        msg = orjson.loads(value)  # type: ignore[arg-type]
+        if msg.get("type") == "tier_change":
+            assert key == f"{msg['user_id']}|".encode()
+            tier_of[msg["user_id"]] = msg["to_tier"]
+            continue
+        latest[key] = without(msg, "event_ts", "tier")
+    final = {
+        f"{v['user_id']}|{v['arm']}".encode(): without(v, "event_ts", "tier")
+        for v in expected["posteriors"] if v.get("type") != "tier_change"
+    }
+    assert latest == final
+    final_tiers = {v["user_id"]: v["tier"] for v in expected["posteriors"]
+                   if v.get("type") != "tier_change" and v["user_id"] != "*"}
+    assert tier_of == final_tiers
+    assert out.records["dlq"] == []
+
+
+async def test_poison_messages_are_dead_lettered_and_the_partition_moves_on(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str], tmp_path: Path
+) -> None:
+    small = Scenario(n_events=1_500, n_users=40, n_items=20, seed=9, events_per_second=5,
+                     attribution_window_ms=WINDOW_S * 1000)
+    raws = [event.raw for event in generate(small)]
+    expected = replay_outputs(raws, tmp_path)
+    lines = as_lines(raws)
+    impression = orjson.loads(raws[0])
+    poison = [
+        Line("impressions", b"k" * 600_000, orjson.dumps(impression), None, "key_mismatch", 0),
+        Line("impressions", b"u1", b'{"pad":"' + b"x" * 1_000_000 + b'"}', None, "too_large", 0),
+        Line("clicks", b"u1", b"\x00\xff garbage \xfe", None, "invalid_json", 0),
+        Line("clicks", b"u1", None, None, "null_value", 0),  # type: ignore[arg-type]
+    ]
+    # Interleaved with the valid traffic, at fixed places.
+    for n, line in enumerate(poison):
+        lines.insert(300 * (n + 1), line)
+
+    prefix = unique_topic("recal") + "."
+    topics = topic_names(prefix) | {s: f"{prefix}{s}" for s in OUTPUT_TOPICS}
+    await create_topics(
+        kafka_bootstrap,
+        [TopicSpec(topics["impressions"], 1), TopicSpec(topics["clicks"], 1)],
+    )
+    await produce_large(kafka_bootstrap, topics, lines)
+    worker = WorkerProcess(worker_flags(kafka_bootstrap, prefix, unique_topic("app")),
+                           tmp_path / "worker.log")
+    try:
+        async with TopicReader(kafka_bootstrap, topics) as out:
+            await out.wait_for(
+                lambda o: len(o.records["feedback"]) >= len(expected["feedback"])
+                and len(o.records["dlq"]) >= len(poison),
+                worker, timeout_s=120, what="feedback and dead letters",
+            )
+            await asyncio.sleep(1.0)
+            await out.poll()
+            _, metrics = http_get(worker.web_port(), "/metrics")
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.log_tail()
+    assert out.values("feedback") == expected["feedback"]
+    letters = out.values("dlq")
+    assert sorted(d["reason"] for d in letters) == sorted(
+        line.expected_reason or "" for line in poison)
+    for key, value in out.records["dlq"]:
+        assert len(value or b"") + len(key or b"") < 1_000_000  # under the producer's limit
+    big_key = next(d for d in letters if d["reason"] == "key_mismatch")
+    assert big_key["truncated"]["key_chars"] == 600_000
+    big_value = next(d for d in letters if d["reason"] == "too_large")
+    assert big_value["truncated"]["payload_bytes"] > 1_000_000
+    assert "recal_dead_letters_total" in metrics.decode()
+    # One start, no restart loop.
+    assert worker.log_path.read_text().count("state restored") == 1
+
+
+async def produce_large(bootstrap: str, topics: dict[str, str], lines: list[Line]) -> None:
+    """Like ``produce``, with a producer that accepts ~1 MB messages."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                max_request_size=2_000_000)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topics[line.source], value=line.raw, key=line.key,
+                                partition=line.partition)
+            for line in lines
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
