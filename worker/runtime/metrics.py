@@ -54,6 +54,10 @@ class RuntimeMetrics:
         self.dead_letters = Counter(
             "recal_dead_letters", "Dead letters committed, by reason", ["reason"], registry=r
         )
+        self.late_clicks = Counter(
+            "recal_late_clicks", "Clicks beyond the attribution window or after their "
+            "impression's label was final", registry=r,
+        )
         self.calibrators = Counter(
             "recal_calibrator_versions", "Calibrator versions published, by refit reason",
             ["reason"], registry=r,
@@ -139,6 +143,8 @@ class RuntimeMetrics:
                 self.alerts_firing.labels(kind=alert_kind).inc(n if status == "firing" else -n)
             elif kind == "posteriors":
                 self.posteriors.inc(n)
+        if txn.late_clicks:
+            self.late_clicks.inc(txn.late_clicks)
         self.transactions.labels(result="committed").inc()
         self.observe_latency(txn.received_ms, now_ms)
 

@@ -73,6 +73,8 @@ class Transaction:
     outputs: Counter[str] = field(default_factory=Counter)
     #: Arrival wall times (ms) of the inputs this transaction completes (latency metric).
     received_ms: list[int] = field(default_factory=list)
+    #: Clicks that came after their impression's label was final (the join's count).
+    late_clicks: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.messages or self.state or self.offsets)
@@ -87,7 +89,9 @@ class PartitionTask:
     ...                      allowed_lateness_ms=0)), names, InputDecoder())
     >>> imp = b'{"impression_id":"i1","user_id":"u1","item_id":"x","ts":100,"score":0.2}'
     >>> task.offer("impressions", 5, b"u1", imp, received_ms=0)
+    True
     >>> task.offer("clicks", 9, b"u1", b'{"impression_id":"i1","user_id":"u1","ts":400}', 0)
+    True
     >>> task.step(wall_ms=0, backlog=lambda source: False)
     >>> txn = task.take_transaction()
     >>> [(m.topic, m.key, orjson.loads(m.value).get("label")) for m in txn.messages]
@@ -116,6 +120,7 @@ class PartitionTask:
         self._decoder = decoder
         self._merger = EventTimeMerger(merge_max_wait_ms, merge_max_backlog_wait_ms)
         self._txn = Transaction(partition)
+        self._late_clicks = pipeline.join.stats.late_clicks
         # Per source, the offset of the next message this task expects (the consumer's
         # position when the task was built): anything below was processed already.
         self._expected: dict[str, int] = {}
@@ -198,6 +203,8 @@ class PartitionTask:
         """The pending transaction (outputs, changed state, offsets); a new one starts."""
         txn, self._txn = self._txn, Transaction(self.partition)
         pipe = self._pipeline
+        late = pipe.join.stats.late_clicks
+        txn.late_clicks, self._late_clicks = late - self._late_clicks, late
         names = self._names
         keys = self._state_keys
         for key in pipe.changed_keys():

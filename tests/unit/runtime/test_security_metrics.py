@@ -60,6 +60,7 @@ def test_metrics_count_a_transaction() -> None:
                         "calibrators:bootstrap": 2, "alerts:calibration_drift:firing": 1,
                         "posteriors": 4})
     txn.received_ms.extend([0, 500])
+    txn.late_clicks = 2
     m.record(txn, now_ms=1_000)
     m.set_partition(0, state_records=7, clock_ms=1_000.0, buffered=1, now_ms=3_000)
     m.set_partition(1, state_records=0, clock_ms=float("-inf"), buffered=0, now_ms=3_000)
@@ -75,6 +76,7 @@ def test_metrics_count_a_transaction() -> None:
         'recal_alert_events_total{kind="calibration_drift",status="firing"} 1.0',
         'recal_alerts_firing{kind="calibration_drift"} 1.0',
         "recal_posterior_snapshots_total 4.0",
+        "recal_late_clicks_total 2.0",
         'recal_transactions_total{result="committed"} 1.0',
         'recal_state_records{partition="0"} 7.0',
         'recal_consumer_lag{partition="0",topic="clicks"} 12.0',
