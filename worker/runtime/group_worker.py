@@ -49,7 +49,7 @@ from aiokafka import ConsumerRebalanceListener
 from worker.core.codec.input_decoder import InputDecoder
 from worker.core.pipeline import Pipeline
 from worker.runtime.metrics import RuntimeMetrics
-from worker.runtime.partition_task import PartitionTask
+from worker.runtime.partition_task import PartitionTask, shared_scope_writer
 from worker.runtime.security import aiokafka_security_kwargs, bootstrap_list
 from worker.runtime.topics import (
     INPUT_SOURCES,
@@ -419,7 +419,7 @@ class GroupWorker:
         task = PartitionTask(
             partition, pipeline, self.names, self._decoder,
             self.settings.merge_max_wait_ms, self.settings.merge_max_backlog_wait_ms,
-            state_keys=set(records),
+            state_keys=set(records), shared_scopes=shared_scope_writer(partition),
         )
         task.poisoned = self._poisoned.setdefault(partition, {})
         self._tasks[partition] = task

@@ -39,6 +39,7 @@ from worker.core.records.dead_letter import (
     unpack_ref,
 )
 from worker.core.records.impression import Impression
+from worker.core.records.scope import USER_PREFIX
 from worker.runtime.merge import BacklogProbe, EventTimeMerger, InputEvent, _unknown
 from worker.runtime.topics import TopicNames
 
@@ -111,8 +112,12 @@ class PartitionTask:
         merge_max_wait_ms: int = 1_000,
         merge_max_backlog_wait_ms: int = 30_000,
         state_keys: set[str] | None = None,
+        shared_scopes: bool = True,
     ) -> None:
         self.partition = partition
+        # Whether this partition publishes the model-wide (global, segment) versions and the
+        # alerts; see ``shared_scope_writer``.
+        self._shared_scopes = shared_scopes
         # Keys of the partition's live records in the changelog (for the metric).
         self._state_keys = set() if state_keys is None else state_keys
         self._pipeline = pipeline
@@ -281,13 +286,16 @@ class PartitionTask:
                     "utf-8", "surrogatepass"), dumps(letter.to_dict()))
             )
             counts[f"dlq:{rejection.reason}"] += 1
+        shared = self._shared_scopes
         for msg in out.calibrators:
+            if not shared and not msg["scope"].startswith(USER_PREFIX):
+                continue
             messages.append(
                 OutMessage(names.calibrators, f"{msg['model_id']}|{msg['scope']}".encode(),
                            dumps(msg))
             )
             counts[f"calibrators:{msg['reason']}"] += 1
-        for alert in out.alerts:
+        for alert in out.alerts if shared else ():
             messages.append(OutMessage(names.alerts, alert["fingerprint"].encode(), dumps(alert)))
             counts[f"alerts:{alert['kind']}:{alert['status']}"] += 1
         for change in out.tier_changes:
@@ -302,6 +310,23 @@ class PartitionTask:
                            dumps(snapshot))
             )
             counts["posteriors"] += 1
+
+
+def shared_scope_writer(partition: int) -> bool:
+    """Whether ``partition`` publishes the global and segment calibrator versions and the
+    alerts (DESIGN §3: one writer per key, versions strictly increasing).
+
+    Every partition's pipeline fits its own global and segment calibrators (its users'
+    shrinkage uses them), but only partition 0's are published: its traffic is a hash sample
+    of the users, and its versions come from its committed state, so they increase across
+    restarts and reassignments. Merging every partition's sketches into one aggregator
+    (``recal.sketches``) is the design's next step; until then the published model-wide
+    versions and alerts see partition 0's share of the traffic.
+
+    >>> shared_scope_writer(0), shared_scope_writer(3)
+    (True, False)
+    """
+    return partition == 0
 
 
 def _key_text(key: bytes | None) -> str | None:

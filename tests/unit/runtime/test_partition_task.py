@@ -142,3 +142,22 @@ def test_null_values_and_poisoned_inputs_are_dead_lettered_with_their_topic() ->
     assert sorted((d["source_topic"], d["offset"], d["reason"]) for d in letters) == [
         ("t.clicks", 4, "null_value"), ("t.impressions", 7, "processing_error")]
     assert any("KeyError" in d["error"] for d in letters)
+
+
+def test_only_the_writer_partition_publishes_model_wide_versions_and_alerts() -> None:
+    def topics_of(shared: bool) -> dict[str, int]:
+        task = PartitionTask(3, Pipeline(CONFIG), NAMES, InputDecoder(), shared_scopes=shared)
+        for source, offset, key, raw in inputs():
+            task.offer(source, offset, key, raw, received_ms=WALL_MS)
+            task.step(0, backlog=lambda _source: False)
+        out: dict[str, int] = {}
+        for m in task.take_transaction().messages:
+            out[m.topic] = out.get(m.topic, 0) + 1
+            if m.topic == NAMES.calibrators and not shared:
+                assert m.key is not None and b"|user:" in m.key
+        return out
+
+    writer, other = topics_of(True), topics_of(False)
+    assert writer[NAMES.alerts] > 0 and NAMES.alerts not in other
+    assert writer[NAMES.calibrators] > other.get(NAMES.calibrators, 0)
+    assert writer[NAMES.feedback] == other[NAMES.feedback]
