@@ -285,17 +285,13 @@ class Worker:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_findings(self) -> tuple[float, int]:
-        """(longest event-loop stall in s, rebalances that took partitions away) from the log.
-
-        mode logs every timer that woke up late with its drift: the longest drift is how long
-        the main event loop was blocked at once (the consumer group's session timeout is
-        10 s). A revoke of a non-empty assignment is a rebalance in the middle of the run.
-        """
+        """(slowest state restore in s, rebalances that took partitions away) from the log:
+        the worker logs each restore's duration, and each revoke of partitions it held (a
+        rebalance in the middle of the run)."""
         text = self.log_path.read_text(errors="replace")
-        late = re.findall(r"woke up too late, with a drift of \+([\d.]+)", text)
-        drifts = [float(d) for d in late]
-        revokes = len(re.findall(r"Revoking previously assigned partitions frozenset\(\{", text))
-        return max(drifts, default=0.0), revokes
+        restores = [float(t) for t in re.findall(r"state restored \(.*?\) in ([\d.]+)s", text)]
+        revokes = len(re.findall(r"partitions \[[\d, ]+\] revoked", text))
+        return max(restores, default=0.0), revokes
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -340,7 +336,7 @@ async def measure_worker(
     spy: subprocess.Popen[bytes] | None = None
     worker = Worker(
         ["--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "--app-id", app_id,
-         "--data-dir", str(data_dir), "--web-port", "0", "--partitions", str(partitions)],
+         "--web-port", "0", "--partitions", str(partitions)],
         log_path,
     )
     started = time.monotonic()
@@ -393,8 +389,13 @@ async def measure_worker(
         await probe.stop()
         await admin.close()
     result.update(rates(samples, total, pre.fill_messages))
-    last = samples[-1]
-    result.update(feedback=last.feedback, dlq=last.dlq, want_feedback=want_feedback)
+    # End offsets count transaction markers too: the exact counts come from read_committed
+    # reads of the output topics.
+    result.update(
+        feedback=await count_committed(bootstrap, topics["feedback"], partitions),
+        dlq=await count_committed(bootstrap, topics["dlq"], partitions),
+        want_feedback=want_feedback,
+    )
     done_fb = next((x.t for x in samples if x.feedback >= want_feedback), None)
     result["all_feedback_t"] = done_fb
     return result
@@ -452,13 +453,34 @@ def rates(samples: list[Sample], total: int, fill: int) -> dict[str, Any]:
     }
 
 
+async def count_committed(bootstrap: str, topic: str, partitions: int) -> int:
+    """Committed messages in ``topic`` (read_committed, to the last stable offset)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    n = 0
+    try:
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            batches = await consumer.getmany(timeout_ms=2_000, max_records=50_000)
+            n += sum(len(records) for records in batches.values())
+    finally:
+        await consumer.stop()
+    return n
+
+
 async def dlq_reasons(bootstrap: str, topic: str, partitions: int) -> dict[str, int]:
     """Dead letters by reason (the topic is expected to be empty; read only when not)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False)
+                                enable_auto_commit=False, isolation_level="read_committed")
     await consumer.start()
     reasons: dict[str, int] = {}
     try:
@@ -509,6 +531,8 @@ async def run(args: argparse.Namespace, bootstrap: str, tmp: Path) -> int:
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     topics = {name: f"{prefix}{name}" for name in ("impressions", "clicks", "feedback", "dlq")}
     await create_topics(bootstrap, [TopicSpec(topics[n], args.partitions) for n in topics])
+    eos_out = f"{prefix}eos-out"
+    await create_topics(bootstrap, [TopicSpec(eos_out, args.partitions)])
     scenario = scenario_for(args.events)
     print(f"# kafka worker throughput | {machine_line()}")
     pre = await preload(bootstrap, topics, args.partitions, scenario)
@@ -536,6 +560,13 @@ async def run(args: argparse.Namespace, bootstrap: str, tmp: Path) -> int:
                 t_loads = min(t_loads, t)
     loads_rate, dec_rate = total / t_loads, total / t_dec
     best = f"best of {args.repeat}"
+    # The bare exactly-once read-process-write loop (bench/kafka_consume_variants.py variant
+    # 3: decode, one output per input, one transaction per ~100 ms) over the impressions.
+    from bench.kafka_consume_variants import run_child
+
+    eos, why = run_child("eos", bootstrap, topics["impressions"], eos_out, pre.impressions,
+                         600.0, [])
+    eos_rate = eos["n"] / eos["wall_s"] if eos and eos["wall_s"] > 0 else None
     print(f"bare consume + orjson.loads    : {loads_rate:10,.0f} events/s  "
           f"({t_loads:.1f} s, {best})")
     print(f"bare consume + InputDecoder    : {dec_rate:10,.0f} events/s  ({t_dec:.1f} s, {best})")
@@ -577,6 +608,11 @@ async def run(args: argparse.Namespace, bootstrap: str, tmp: Path) -> int:
                   f"{total / cpu_dec:,.0f}; ratio {per_cpu * cpu_dec / total:.4f})")
         print(f"ratio recal / bare decode      : {rate / dec_rate:10.4f}")
         print(f"ratio recal / bare loads       : {rate / loads_rate:10.4f}")
+        if eos_rate:
+            print(f"ratio recal / bare EOS loop    : {rate / eos_rate:10.4f}  (the bare "
+                  f"exactly-once read-process-write loop: {eos_rate:,.0f} events/s)")
+        else:
+            print(f"bare EOS loop                  : failed ({why})")
     fb_t = res["all_feedback_t"]
     print(
         f"feedback {res['feedback']:,} of {res['want_feedback']:,} impressions"
@@ -590,8 +626,8 @@ async def run(args: argparse.Namespace, bootstrap: str, tmp: Path) -> int:
         f"worker: peak RSS (VmHWM) {rss:,.0f} MB; " if rss else "worker: ",
         end="",
     )
-    print(f"exit {res['exit_code']} {res['stop_s']:.1f} s after SIGTERM; longest event-loop "
-          f"stall {res['stall_s']:.1f} s; rebalances {res['rebalances']}")
+    print(f"exit {res['exit_code']} {res['stop_s']:.1f} s after SIGTERM; slowest state restore "
+          f"{res['stall_s']:.1f} s; rebalances {res['rebalances']}")
     if res["rebalances"]:
         print("WARNING: the worker lost its partitions during the run (a rebalance: drain and "
               "full state recovery); the figures are not a clean catch-up rate")
