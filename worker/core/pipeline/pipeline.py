@@ -103,16 +103,17 @@ class Pipeline:
       posterior and per-segment rates; ``pevict:<user_id>``: an evicted user's tombstone
       keys not yet drained (see ``FeedbackStage``).
 
-    ``changed_keys()`` returns the keys changed since the previous call **and clears
-    them** (cheap: the owners note users as they change them, nothing is scanned); the
-    caller persists ``export(key)`` for each before feeding the pipeline again (the Kafka
-    runtime: process, ``changed_keys()``, ``export`` each, produce, commit). A key whose
-    ``export`` is None was deleted (an evicted user, a user whose join state is empty).
-    ``Pipeline.from_records(records)`` rebuilds the pipeline from the latest record of
-    every key (what a compacted changelog restores) and continues byte for byte as the one
-    that exported them. ``records()`` is every record (a full scan); ``snapshot()`` is
-    ``{"v": 2, "records": records()}`` and clears ``changed_keys`` too (it persists all),
-    ``Pipeline.restore(snapshot)`` its inverse.
+    ``changed_keys()`` names the keys changed since the last ``mark_persisted()`` (cheap:
+    the owners note users as they change them, nothing is scanned); ``export(key)`` gives
+    a record's current value, None for a delete (an evicted user, a user whose join state
+    is empty). The Kafka runtime: process, ``changed_keys()``, ``export`` each, produce,
+    ``mark_persisted()``, commit. ``mark_persisted()`` forgets exactly the keys the last
+    ``changed_keys()`` returned: a change made after that call is reported again, so
+    nothing is lost whatever runs in between. ``Pipeline.from_records(records)`` rebuilds
+    the pipeline from the latest record of every key (what a compacted changelog
+    restores) and continues byte for byte as the one that exported them. ``records()`` is
+    every record (a full scan); ``snapshot()`` is ``{"v": 2, "records": records()}`` and
+    marks everything persisted, ``Pipeline.restore(snapshot)`` its inverse.
 
     >>> from worker.core.records.impression import Impression
     >>> from worker.core.records.click import Click
@@ -130,8 +131,12 @@ class Pipeline:
     [(2, 'orphan_click')]
     >>> Pipeline.restore(pipe.snapshot()).snapshot() == pipe.snapshot()
     True
-    >>> Pipeline(PipelineConfig()).changed_keys()
+    >>> fresh = Pipeline(PipelineConfig())
+    >>> fresh.changed_keys()
     ['clock', 'config', 'monitor']
+    >>> fresh.mark_persisted()
+    >>> fresh.changed_keys()
+    []
     """
 
     def __init__(self, config: PipelineConfig | None = None) -> None:
@@ -153,9 +158,11 @@ class Pipeline:
         self._max_ts = _NEG_INF
         self._clock_ts = float("nan")
         self._clock_text = ""
-        # Record keys changed and not yet handed out by ``changed_keys`` (the owners'
-        # per-user keys are collected there). A new pipeline's records were never written.
-        self._changed: set[str] = {CONFIG_KEY, *_FED}
+        # Keys of the pipeline's own records changed since ``changed_keys`` last collected
+        # them (a new pipeline's were never written) ...
+        self._noted: set[str] = {CONFIG_KEY, *_FED}
+        # ... and every key collected since the last ``mark_persisted``.
+        self._changed: set[str] = set()
 
     # ------------------------------------------------------------------ read-only
 
@@ -189,7 +196,7 @@ class Pipeline:
         if any(kind != REJECTED for kind in batch.kinds):
             # Every accepted event moves the join's clock record and reaches the monitor
             # (unless the clock guard holds it: a spurious write of a bounded record).
-            self._changed.update(_FED)
+            self._noted.update(_FED)
         for kind, event, ref in zip(batch.kinds, batch.events, batch.refs, strict=True):
             if kind == REJECTED:
                 key, reason, error = event
@@ -224,10 +231,10 @@ class Pipeline:
         before = self._join.watermark
         step = self._join.tick(wall_ms)
         if step:
-            self._changed.update(_FED)
+            self._noted.update(_FED)
             self._emit(step, out)
         elif self._join.watermark != before:
-            self._changed.add(CLOCK_KEY)
+            self._noted.add(CLOCK_KEY)
         return out
 
     def finish(self) -> Outputs:
@@ -236,7 +243,7 @@ class Pipeline:
         No stall check after the join's finish: labels mature up to a window past the last
         input, where no click can follow."""
         out = Outputs()
-        self._changed.update(_FED)
+        self._noted.update(_FED)
         self._emit(self._join.finish(), out)
         out.extend(self._monitor.finish(None, self._created_at()))
         return out
@@ -285,13 +292,20 @@ class Pipeline:
     # ------------------------------------------------------------------ state
 
     def changed_keys(self) -> list[str]:
-        """Record keys changed since the previous call, sorted; the call clears them (see
-        the class docstring: export each before the next input)."""
+        """Record keys changed since the last ``mark_persisted()``, sorted (see the class
+        docstring). Cheap: it collects the owners' change sets, it scans nothing."""
         changed = self._changed
-        self._changed = set()
+        changed.update(self._noted)
+        self._noted.clear()
         changed.update([JOIN_PREFIX + uid for uid in self._join.dirty_users()])
         changed.update(self._monitor.dirty_keys())
         return sorted(changed)
+
+    def mark_persisted(self) -> None:
+        """The records of the keys the last ``changed_keys()`` returned were persisted
+        (as ``export`` gave them then or later): forget those keys. Changes made since
+        that call stay pending."""
+        self._changed.clear()
 
     def export(self, key: str) -> dict[str, Any] | None:
         """The current record of ``key`` (JSON-ready); None means "delete it". An unknown
@@ -350,14 +364,15 @@ class Pipeline:
             raise StateError(f"malformed pipeline state: {exc!r}") from exc
         pipe._join.restore(None if clock is None else clock["join"], users)
         pipe._monitor = FeedbackStage.from_records(stage, cfg.monitor, cfg.policy)
-        pipe._changed = set()
+        pipe._noted.clear()
         pipe._join.dirty_users()
         return pipe
 
     def snapshot(self) -> dict[str, Any]:
-        """The whole partition state, JSON-ready: ``{"v": 2, "records": records()}``.
-        Clears ``changed_keys`` (everything is in it)."""
+        """The whole partition state, JSON-ready: ``{"v": 2, "records": records()}``;
+        marks everything persisted (everything is in it)."""
         self.changed_keys()
+        self.mark_persisted()
         return {"v": 2, "records": self.records()}
 
     @classmethod

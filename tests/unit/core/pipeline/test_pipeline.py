@@ -131,10 +131,12 @@ def test_snapshot_and_restore_mid_stream_continue_exactly() -> None:
     assert serialized(outs) == reference()
 
 
-def test_changed_keys_name_the_users_touched_since_the_previous_call() -> None:
+def test_changed_keys_name_the_users_touched_since_the_last_persist() -> None:
     pipe = Pipeline(CONFIG)
     assert pipe.changed_keys() == ["clock", "config", "monitor"]  # never written yet
-    assert pipe.changed_keys() == []  # the call clears them
+    assert pipe.changed_keys() == ["clock", "config", "monitor"]  # a read
+    pipe.mark_persisted()
+    assert pipe.changed_keys() == []
     first, second, third = whole_batch().split(50, 51)
     pipe.process(first)
     users = {e.user_id for e in first.events if not isinstance(e, tuple)}
@@ -145,6 +147,7 @@ def test_changed_keys_name_the_users_touched_since_the_previous_call() -> None:
     for key in keys:
         record = pipe.export(key)
         assert record is None or orjson.loads(orjson.dumps(record)) == record
+    pipe.mark_persisted()
     assert pipe.changed_keys() == []
     pipe.process(second)
     assert pipe.changed_keys() != []

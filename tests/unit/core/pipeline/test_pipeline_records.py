@@ -36,7 +36,8 @@ def json_copy(value: Any) -> Any:
 
 class Changelog:
     """A compacted changelog as the Kafka runtime keeps it: after every batch the changed
-    keys' records are written (None deletes the key), through JSON."""
+    keys' records are written (None deletes the key), through JSON, then marked
+    persisted."""
 
     def __init__(self) -> None:
         self.records: dict[str, Any] = {}
@@ -49,6 +50,7 @@ class Changelog:
                 self.records.pop(key, None)
             else:
                 self.records[key] = json_copy(value)
+        pipe.mark_persisted()
         return keys
 
 
@@ -191,11 +193,13 @@ def test_one_event_changes_only_the_records_of_the_users_it_touches() -> None:
     out = pipe.process(first)
     labelled = {fb.impression.user_id for fb in out.feedback}
     pipe.changed_keys()
-    assert pipe.changed_keys() == []  # drained
+    pipe.mark_persisted()
+    assert pipe.changed_keys() == []
     seen = set()
     for one in rest.split(*range(1, 300))[:299]:
         out = pipe.process(one)
         keys = set(pipe.changed_keys())
+        pipe.mark_persisted()
         seen |= keys
         # The monitor's per-user records: the posteriors of the users whose labels matured
         # in the batch; the policy's of users with labels so far (a label can release
@@ -223,12 +227,37 @@ def test_an_idle_advance_that_moves_the_watermark_changes_the_clock() -> None:
                                     "news", None))
     pipe.process(batch)
     assert pipe.changed_keys() == ["clock", "config", "join:u1", "monitor"]
+    pipe.mark_persisted()
     pipe.advance(10_500)  # within the idle timeout: nothing moves
     assert pipe.changed_keys() == []
     pipe.advance(20_000)  # the watermark follows the wall clock; no label is due yet
     assert pipe.changed_keys() == ["clock"]
     before = pipe.snapshot()
     assert Pipeline.from_records(before["records"]).snapshot() == before
+
+
+def test_changes_after_changed_keys_survive_mark_persisted() -> None:
+    """``mark_persisted`` forgets the keys ``changed_keys`` returned, not what changed
+    after it: a runtime that processes more input before marking loses nothing."""
+    first, second, third = whole_batch().split(2_000, 2_300)
+    pipe = Pipeline(CONFIG)
+    log = Changelog()
+    pipe.process(first)
+    keys = pipe.changed_keys()
+    for key in keys:
+        value = pipe.export(key)
+        if value is not None:
+            log.records[key] = json_copy(value)
+    out = pipe.process(second)  # between changed_keys() and mark_persisted()
+    pipe.mark_persisted()
+    later = set(pipe.changed_keys())
+    assert {"clock", "monitor"} <= later
+    assert {f"post:{fb.impression.user_id}" for fb in out.feedback} <= later
+    log.persist(pipe)
+    assert log.records == json_copy(pipe.records())
+    pipe.process(third)
+    log.persist(pipe)
+    assert log.records == json_copy(pipe.records())
 
 
 def test_malformed_records_raise_state_error() -> None:
