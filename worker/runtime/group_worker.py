@@ -416,6 +416,12 @@ class GroupWorker:
         self._tasks.pop(partition, None)
         records = await self._read_changelog(partition)
         pipeline = Pipeline.from_records(records) if records else Pipeline(self._config)
+        if pipeline.config != self._config:
+            log.warning(
+                "partition %s: its state was built with other pipeline settings than this "
+                "worker's; the state's settings stay in force for the partition (use a new "
+                "--topic-prefix to start over with the new ones)", partition,
+            )
         task = PartitionTask(
             partition, pipeline, self.names, self._decoder,
             self.settings.merge_max_wait_ms, self.settings.merge_max_backlog_wait_ms,

@@ -100,7 +100,7 @@ class PartitionTask:
     >>> txn.offsets
     {'impressions': 6, 'clicks': 10}
     >>> sorted(m.key.decode() for m in txn.state)
-    ['clock', 'join:u1', 'monitor']
+    ['clock', 'config', 'join:u1', 'monitor', 'post:u1']
     """
 
     def __init__(
@@ -232,6 +232,11 @@ class PartitionTask:
         the pending transaction (the compacted posteriors topic, in batches)."""
         out = Outputs(posteriors=self._pipeline.drain_posteriors())
         self._collect(out, 0)
+        # Pairs the store evicted (bounded memory): tombstones on the compacted topic.
+        for user_id, arm in self._pipeline.monitor.posteriors.drain_evicted():
+            self._txn.messages.append(
+                OutMessage(self._names.posteriors, f"{user_id}|{arm}".encode(), None)
+            )
 
     # ------------------------------------------------------------------ internals
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from worker.core.pipeline._model import ModelState
 from worker.core.pipeline._scope_detectors import ScopeDetectors
 from worker.core.pipeline.monitor_config import MonitorConfig
 from worker.core.pipeline.outputs import Outputs
-from worker.core.policy import RecalibrationPolicy
+from worker.core.policy import PolicyConfig, RecalibrationPolicy
 from worker.core.posteriors import PosteriorStore
 from worker.core.records.click import Click
 from worker.core.records.feedback import Feedback
@@ -26,6 +27,13 @@ from worker.core.records.impression import Impression
 from worker.core.records.scope import GLOBAL, SEGMENT_PREFIX
 
 _REFIT_KINDS = ("calibration_drift", "base_rate_shift")
+
+#: Record keys of the stage's state (see ``FeedbackStage.dirty_keys``).
+MONITOR_KEY = "monitor"
+POST_PREFIX = "post:"
+PUSER_PREFIX = "puser:"
+PARM_PREFIX = "parm:"
+PEVICT_PREFIX = "pevict:"
 
 
 class FeedbackStage:
@@ -108,8 +116,11 @@ class FeedbackStage:
     arm would publish a posterior nobody can use). ``conformal_uncertain`` is whether the
     set of ``p`` under the served ``qhat`` is {0, 1} (None before any ``qhat``).
 
-    Deterministic for one input order; ``to_dict``/``from_dict`` (``"v": 1``) hold the
-    whole state, policy included.
+    Deterministic for one input order. **State** is a set of records for a compacted
+    changelog (``Pipeline`` persists them): ``monitor``, bounded by models x scopes, and
+    one record per user and per arm for the rest (``dirty_keys``, ``export``,
+    ``from_records``), so a persisted batch writes the users it touched, not all of them.
+    ``to_dict``/``from_dict`` (``"v": 2``) hold the whole state as those records.
 
     >>> from worker.core.records.impression import Impression
     >>> from worker.core.records.feedback import Feedback
@@ -678,14 +689,59 @@ class FeedbackStage:
 
     # ------------------------------------------------------------------ persistence
 
-    def to_dict(self) -> dict[str, Any]:
-        """The whole state (policy, alerts, posteriors, detectors) with ``"v": 1``."""
+    # Incremental persistence (``Pipeline`` writes these to a compacted changelog): the
+    # ``monitor`` record holds what is bounded by models x scopes (detectors, alerts,
+    # versions, the policy's scopes, the store's rates and counters); everything that
+    # grows with users or arms has a record of its own, named by ``dirty_keys``:
+    #   post:<user_id>    the posterior store's user (PosteriorStore.export_user)
+    #   puser:<user_id>   the policy's user, all models (RecalibrationPolicy.export_user)
+    #   parm:<arm>        the arm's population posterior and rates (export_arm)
+    #   pevict:<user_id>  an evicted user's undrained tombstone keys (export_evicted)
+
+    def dirty_keys(self) -> set[str]:
+        """Keys of the per-user and per-arm records changed since the last call (the call
+        clears them); a record whose ``export`` is now None (an evicted user) is among
+        them. ``monitor`` is not: every input changes it, so the caller that fed the
+        stage knows."""
+        store = self._store
+        keys = {POST_PREFIX + u for u in store.dirty_users()}
+        keys.update([PUSER_PREFIX + u for u in self._policy.dirty_users()])
+        keys.update([PARM_PREFIX + a for a in store.dirty_arms()])
+        keys.update([PEVICT_PREFIX + u for u in store.dirty_evicted()])
+        return keys
+
+    def export(self, key: str) -> dict[str, Any] | None:
+        """The record named ``key`` (``monitor`` or a ``dirty_keys`` key), JSON-ready; None
+        means "delete it". An unknown key raises ``StateError``."""
+        if key == MONITOR_KEY:
+            return self._export_shared()
+        if key.startswith(POST_PREFIX):
+            return self._store.export_user(key[len(POST_PREFIX):])
+        if key.startswith(PUSER_PREFIX):
+            return self._policy.export_user(key[len(PUSER_PREFIX):])
+        if key.startswith(PARM_PREFIX):
+            return self._store.export_arm(key[len(PARM_PREFIX):])
+        if key.startswith(PEVICT_PREFIX):
+            return self._store.export_evicted(key[len(PEVICT_PREFIX):])
+        raise StateError(f"unknown monitor state key {key!r}")
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every record (a full scan: for whole-state snapshots, not per batch)."""
+        store = self._store
+        out: dict[str, dict[str, Any] | None] = {MONITOR_KEY: self._export_shared()}
+        out.update((POST_PREFIX + u, store.export_user(u)) for u in store.users())
+        out.update((PUSER_PREFIX + u, self._policy.export_user(u))
+                   for u in self._policy.record_users())
+        out.update((PARM_PREFIX + a, store.export_arm(a)) for a in store.arms())
+        out.update((PEVICT_PREFIX + u, store.export_evicted(u)) for u in store.evicted_users())
+        return {k: v for k, v in out.items() if v is not None}
+
+    def _export_shared(self) -> dict[str, Any]:
         return {
             "v": 1,
-            "config": self._cfg.to_dict(),
-            "policy": self._policy.to_dict(),
+            "policy": self._policy.export_shared(),
+            "posteriors": self._store.export_shared(),
             "alerts": self._alerts.to_dict(),
-            "posteriors": self._store.to_dict(),
             "late": self._late.to_dict(),
             "late_n": self._late_n,
             "late_alarm_n": self._late_alarm_n,
@@ -696,26 +752,91 @@ class FeedbackStage:
         }
 
     @classmethod
+    def from_records(
+        cls,
+        records: Mapping[str, dict[str, Any] | None],
+        config: MonitorConfig | None = None,
+        policy_config: PolicyConfig | None = None,
+    ) -> FeedbackStage:
+        """A stage continuing exactly where the one that exported ``records`` (the latest
+        record of every key, as ``export`` gave them; None values are deletes) stood.
+        Hyper-parameters are not in the records: pass the exporting stage's. Nothing is
+        dirty afterwards; malformed records raise ``StateError``."""
+        mon = cls(config, RecalibrationPolicy(policy_config))
+        posts: list[dict[str, Any]] = []
+        pusers: list[dict[str, Any]] = []
+        arms: list[dict[str, Any]] = []
+        evicted: list[dict[str, Any]] = []
+        named = (
+            (POST_PREFIX, posts, "user_id"),
+            (PUSER_PREFIX, pusers, "user_id"),
+            (PARM_PREFIX, arms, "arm"),
+            (PEVICT_PREFIX, evicted, "user_id"),
+        )
+        shared = None
+        try:
+            for key, value in records.items():
+                if value is None:
+                    continue
+                if key == MONITOR_KEY:
+                    shared = value
+                    continue
+                for prefix, sink, field in named:
+                    if key.startswith(prefix):
+                        if value[field] != key[len(prefix):]:
+                            raise ValueError(f"record {key!r} names {value[field]!r}")
+                        sink.append(value)
+                        break
+                else:
+                    raise ValueError(f"unknown monitor state key {key!r}")
+            if shared is not None and shared.get("v") != 1:
+                raise ValueError(f"unsupported monitor record version {shared.get('v')!r}")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"malformed monitor state: {exc}") from exc
+        mon._policy.restore(None if shared is None else shared["policy"], pusers)
+        mon._store.restore(None if shared is None else shared["posteriors"], posts, arms,
+                           evicted)
+        if shared is not None:
+            mon._load_shared(shared)
+        return mon
+
+    def _load_shared(self, data: Mapping[str, Any]) -> None:
+        cfg = self._cfg
+        try:
+            self._alerts = AlertLifecycle.from_dict(data["alerts"])
+            self._late = LateClickRate.from_dict(data["late"])
+            self._late_n = int(data["late_n"])
+            alarm_n = data["late_alarm_n"]
+            self._late_alarm_n = None if alarm_n is None else int(alarm_n)
+            self._raw_clicks = FeedbackStall.from_dict(data["raw_clicks"])
+            self._max_ts = int(data["max_ts"])
+            self._tick_bucket = int(data["tick_bucket"])
+            self._models = {str(m): ModelState.from_dict(s, cfg) for m, s in data["models"]}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"malformed monitor state: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole state with ``"v": 2``: the hyper-parameters (monitor and policy) and
+        every record (``records``)."""
+        return {
+            "v": 2,
+            "config": self._cfg.to_dict(),
+            "policy_config": self._policy.config.to_dict(),
+            "records": self.records(),
+        }
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeedbackStage:
         """Inverse of ``to_dict``; malformed state raises ``StateError``."""
         try:
-            if data.get("v") != 1:
+            if data.get("v") != 2:
                 raise ValueError(f"unsupported monitor state version {data.get('v')!r}")
             cfg = MonitorConfig.from_dict(data["config"])
-            mon = cls(cfg, RecalibrationPolicy.from_dict(data["policy"]))
-            mon._alerts = AlertLifecycle.from_dict(data["alerts"])
-            mon._store = PosteriorStore.from_dict(data["posteriors"])
-            mon._late = LateClickRate.from_dict(data["late"])
-            mon._late_n = int(data["late_n"])
-            alarm_n = data["late_alarm_n"]
-            mon._late_alarm_n = None if alarm_n is None else int(alarm_n)
-            mon._raw_clicks = FeedbackStall.from_dict(data["raw_clicks"])
-            mon._max_ts = int(data["max_ts"])
-            mon._tick_bucket = int(data["tick_bucket"])
-            mon._models = {str(m): ModelState.from_dict(s, cfg) for m, s in data["models"]}
+            policy_cfg = PolicyConfig.from_dict(data["policy_config"])
+            records = data["records"]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"malformed monitor state: {exc}") from exc
-        return mon
+        return cls.from_records(records, cfg, policy_cfg)
 
     def __repr__(self) -> str:
         return (

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.join.join_step import JoinStep
-from worker.core.pipeline.feedback_stage import FeedbackStage
+from worker.core.pipeline.feedback_stage import MONITOR_KEY, FeedbackStage
 from worker.core.pipeline.input_batch import IMPRESSION, REJECTED, InputBatch
 from worker.core.pipeline.monitor_config import MonitorConfig
 from worker.core.pipeline.outputs import Outputs, Rejection
@@ -18,6 +19,12 @@ from worker.core.records.impression import Impression
 from worker.core.records.timefmt import iso_utc_ms
 
 _NEG_INF = float("-inf")
+
+#: Record keys of the pipeline's own state; the stage's are in ``FeedbackStage``.
+CONFIG_KEY = "config"
+CLOCK_KEY = "clock"
+JOIN_PREFIX = "join:"
+_FED = (CLOCK_KEY, MONITOR_KEY)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,20 @@ class PipelineConfig:
             "policy": self.policy.to_dict(),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PipelineConfig:
+        """Inverse of ``to_dict``; unknown or invalid settings raise ``ConfigError``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown pipeline settings: {unknown}")
+        kwargs = dict(data)
+        if "monitor" in kwargs:
+            kwargs["monitor"] = MonitorConfig.from_dict(kwargs["monitor"])
+        if "policy" in kwargs:
+            kwargs["policy"] = PolicyConfig.from_dict(kwargs["policy"])
+        return cls(**kwargs)
+
 
 class Pipeline:
     """The join, then everything after it, for one partition (DESIGN §2, §4–§7).
@@ -66,10 +87,33 @@ class Pipeline:
     and alert messages carry it as ``created_at`` (ISO 8601 UTC), which keeps replays
     deterministic. A runtime that wants the wall clock there restamps at its sink.
 
-    **State.** ``snapshot()`` / ``Pipeline.restore(state)`` hold the whole partition
-    (join, monitor, policy, posteriors, clock); ``changed_keys()`` names the records changed
-    since the last snapshot (``join:<user_id>`` per user of the join, ``clock``,
-    ``monitor``) and ``export(key)`` gives one of them, for incremental persistence.
+    **State** is a set of JSON records under string keys, made for a compacted changelog
+    (key = record key, value = record, None = delete), so that one persisted batch writes
+    what it changed: O(users touched + models x segments), not O(users).
+
+    - ``config``: the ``PipelineConfig`` (written once, with the first records);
+    - ``clock``: the join's clock (watermark, counters, held events) and the partition clock;
+    - ``join:<user_id>``: the join's pending impressions, clicks and tombstones of a user;
+    - ``monitor``: what is bounded by models x scopes: detectors, alerts, published
+      global/segment versions, the policy's scopes (sketches, rings), the posterior
+      store's global and segment rates, counters;
+    - ``post:<user_id>``: the posterior store's user (pooled and per-arm posteriors, tier,
+      LRU place, pending snapshot marks); ``puser:<user_id>``: the policy's user across
+      models (buffers, LRU places, user versions); ``parm:<arm>``: an arm's population
+      posterior and per-segment rates; ``pevict:<user_id>``: an evicted user's tombstone
+      keys not yet drained (see ``FeedbackStage``).
+
+    ``changed_keys()`` names the keys changed since the last ``mark_persisted()`` (cheap:
+    the owners note users as they change them, nothing is scanned); ``export(key)`` gives
+    a record's current value, None for a delete (an evicted user, a user whose join state
+    is empty). The Kafka runtime: process, ``changed_keys()``, ``export`` each, produce,
+    ``mark_persisted()``, commit. ``mark_persisted()`` forgets exactly the keys the last
+    ``changed_keys()`` returned: a change made after that call is reported again, so
+    nothing is lost whatever runs in between. ``Pipeline.from_records(records)`` rebuilds
+    the pipeline from the latest record of every key (what a compacted changelog
+    restores) and continues byte for byte as the one that exported them. ``records()`` is
+    every record (a full scan); ``snapshot()`` is ``{"v": 2, "records": records()}`` and
+    marks everything persisted, ``Pipeline.restore(snapshot)`` its inverse.
 
     >>> from worker.core.records.impression import Impression
     >>> from worker.core.records.click import Click
@@ -87,6 +131,12 @@ class Pipeline:
     [(2, 'orphan_click')]
     >>> Pipeline.restore(pipe.snapshot()).snapshot() == pipe.snapshot()
     True
+    >>> fresh = Pipeline(PipelineConfig())
+    >>> fresh.changed_keys()
+    ['clock', 'config', 'monitor']
+    >>> fresh.mark_persisted()
+    >>> fresh.changed_keys()
+    []
     """
 
     def __init__(self, config: PipelineConfig | None = None) -> None:
@@ -108,8 +158,11 @@ class Pipeline:
         self._max_ts = _NEG_INF
         self._clock_ts = float("nan")
         self._clock_text = ""
+        # Keys of the pipeline's own records changed since ``changed_keys`` last collected
+        # them (a new pipeline's were never written) ...
+        self._noted: set[str] = {CONFIG_KEY, *_FED}
+        # ... and every key collected since the last ``mark_persisted``.
         self._changed: set[str] = set()
-        self._touched = False
 
     # ------------------------------------------------------------------ read-only
 
@@ -140,7 +193,10 @@ class Pipeline:
         join = self._join
         stage = self._monitor
         wall_ms = batch.wall_ms
-        self._touched = True
+        if any(kind != REJECTED for kind in batch.kinds):
+            # Every accepted event moves the join's clock record and reaches the monitor
+            # (unless the clock guard holds it: a spurious write of a bounded record).
+            self._noted.update(_FED)
         for kind, event, ref in zip(batch.kinds, batch.events, batch.refs, strict=True):
             if kind == REJECTED:
                 key, reason, error = event
@@ -172,10 +228,13 @@ class Pipeline:
     def advance(self, wall_ms: int) -> Outputs:
         """An idle partition: let the watermark follow the wall clock (DESIGN §4)."""
         out = Outputs()
+        before = self._join.watermark
         step = self._join.tick(wall_ms)
         if step:
-            self._touched = True
+            self._noted.update(_FED)
             self._emit(step, out)
+        elif self._join.watermark != before:
+            self._noted.add(CLOCK_KEY)
         return out
 
     def finish(self) -> Outputs:
@@ -184,7 +243,7 @@ class Pipeline:
         No stall check after the join's finish: labels mature up to a window past the last
         input, where no click can follow."""
         out = Outputs()
-        self._touched = True
+        self._noted.update(_FED)
         self._emit(self._join.finish(), out)
         out.extend(self._monitor.finish(None, self._created_at()))
         return out
@@ -233,87 +292,96 @@ class Pipeline:
     # ------------------------------------------------------------------ state
 
     def changed_keys(self) -> list[str]:
-        """Records changed since the last ``snapshot()`` (sorted; see the class docstring)."""
-        self._changed.update(f"join:{uid}" for uid in self._join.dirty_users())
-        keys = set(self._changed)
-        if self._touched:
-            keys.update(("clock", "monitor"))
-        return sorted(keys)
-
-    def export(self, key: str) -> dict[str, Any] | None:
-        """One record named by ``changed_keys()``; None means "delete it"."""
-        if key == "clock":
-            return {
-                "v": 1, "config": self._join_config(), "join": self._join.export_clock(),
-                "max_ts": _encode(self._max_ts),
-            }
-        if key == "monitor":
-            return self._monitor.to_dict()
-        if key.startswith("join:"):
-            return self._join.export_user(key[len("join:"):])
-        raise ConfigError(f"unknown state key {key!r}")
-
-    def snapshot(self) -> dict[str, Any]:
-        """The whole partition state, JSON-ready (``"v": 1``); resets ``changed_keys``."""
-        self._join.dirty_users()
-        self._changed.clear()
-        self._touched = False
-        return {
-            "v": 1,
-            "config": self._join_config(),
-            "max_ts": _encode(self._max_ts),
-            "join": self._join.to_dict(),
-            "monitor": self._monitor.to_dict(),
-        }
+        """Record keys changed since the last ``mark_persisted()``, sorted (see the class
+        docstring). Cheap: it collects the owners' change sets, it scans nothing."""
+        changed = self._changed
+        changed.update(self._noted)
+        self._noted.clear()
+        changed.update([JOIN_PREFIX + uid for uid in self._join.dirty_users()])
+        changed.update(self._monitor.dirty_keys())
+        return sorted(changed)
 
     def mark_persisted(self) -> None:
-        """The records named by ``changed_keys()`` were persisted: start a new change set."""
-        self._join.dirty_users()
+        """The records of the keys the last ``changed_keys()`` returned were persisted
+        (as ``export`` gave them then or later): forget those keys. Changes made since
+        that call stay pending."""
         self._changed.clear()
-        self._touched = False
 
-    @classmethod
-    def from_records(cls, records: dict[str, Any]) -> Pipeline:
-        """A pipeline continuing exactly where the one whose ``export`` ed records these are
-        stood (the latest record per key, deleted keys absent)."""
-        clock = records["clock"]
-        monitor = FeedbackStage.from_dict(records["monitor"])
-        cfg = PipelineConfig(
-            monitor=monitor.config, policy=monitor.policy.config, **clock["config"]
-        )
-        pipe = cls(cfg)
-        pipe._monitor = monitor
-        pipe._join.restore(
-            clock["join"], (v for k, v in records.items() if k.startswith("join:"))
-        )
-        pipe._max_ts = _decode(clock["max_ts"])
-        pipe._join.dirty_users()
-        return pipe
+    def export(self, key: str) -> dict[str, Any] | None:
+        """The current record of ``key`` (JSON-ready); None means "delete it". An unknown
+        key raises ``StateError``."""
+        if key == CLOCK_KEY:
+            return {"v": 1, "join": self._join.export_clock(), "max_ts": _encode(self._max_ts)}
+        if key.startswith(JOIN_PREFIX):
+            return self._join.export_user(key[len(JOIN_PREFIX):])
+        if key == CONFIG_KEY:
+            return {"v": 1, **self._cfg.to_dict()}
+        return self._monitor.export(key)
 
-    def _join_config(self) -> dict[str, Any]:
-        return {
-            "window_ms": self._cfg.window_ms,
-            "allowed_lateness_ms": self._cfg.allowed_lateness_ms,
-            "idle_timeout_ms": self._cfg.idle_timeout_ms,
-            "max_clock_jump_ms": self._cfg.max_clock_jump_ms,
-            "clock_confirmations": self._cfg.clock_confirmations,
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every record, by key (a full scan; changes nothing)."""
+        join = self._join.to_dict()
+        out: dict[str, dict[str, Any]] = {
+            CONFIG_KEY: {"v": 1, **self._cfg.to_dict()},
+            CLOCK_KEY: {"v": 1, "join": join["clock"], "max_ts": _encode(self._max_ts)},
         }
+        for user in join["users"]:
+            out[JOIN_PREFIX + user["user_id"]] = user
+        out.update(self._monitor.records())
+        return out
 
     @classmethod
-    def restore(cls, state: dict[str, Any]) -> Pipeline:
-        """A pipeline continuing exactly where the one that took ``state`` stood."""
-        if state.get("v") != 1:
-            raise ConfigError(f"unsupported pipeline state version {state.get('v')!r}; want 1")
-        monitor = FeedbackStage.from_dict(state["monitor"])
-        cfg = PipelineConfig(
-            monitor=monitor.config, policy=monitor.policy.config, **state["config"]
-        )
-        pipe = cls(cfg)
-        pipe._join = AttributionJoin.from_dict(state["join"])
-        pipe._monitor = monitor
-        pipe._max_ts = _decode(state["max_ts"])
+    def from_records(cls, records: Mapping[str, dict[str, Any] | None]) -> Pipeline:
+        """A pipeline continuing exactly where the one that exported ``records`` stood:
+        ``records`` maps every key to its latest exported record (None, a delete, is
+        skipped), as a compacted changelog restores them; ``config`` must be among them.
+        Nothing is changed afterwards. Malformed records raise ``StateError``."""
+        try:
+            data = dict(records[CONFIG_KEY] or {})
+            if data.pop("v", None) != 1:
+                raise StateError("the config record is missing or of an unknown version")
+            cfg = PipelineConfig.from_dict(data)
+            pipe = cls(cfg)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"malformed pipeline config record: {exc!r}") from exc
+        clock = records.get(CLOCK_KEY)
+        users = []
+        stage: dict[str, dict[str, Any] | None] = {}
+        try:
+            for key, value in records.items():
+                if value is None or key in (CONFIG_KEY, CLOCK_KEY):
+                    continue
+                if key.startswith(JOIN_PREFIX):
+                    if value["user_id"] != key[len(JOIN_PREFIX):]:
+                        raise ValueError(f"record {key!r} names {value['user_id']!r}")
+                    users.append(value)
+                else:
+                    stage[key] = value
+            if clock is not None and clock.get("v") != 1:
+                raise ValueError(f"unsupported clock record version {clock.get('v')!r}")
+            pipe._max_ts = _NEG_INF if clock is None else _decode(clock["max_ts"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"malformed pipeline state: {exc!r}") from exc
+        pipe._join.restore(None if clock is None else clock["join"], users)
+        pipe._monitor = FeedbackStage.from_records(stage, cfg.monitor, cfg.policy)
+        pipe._noted.clear()
         pipe._join.dirty_users()
         return pipe
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole partition state, JSON-ready: ``{"v": 2, "records": records()}``;
+        marks everything persisted (everything is in it)."""
+        self.changed_keys()
+        self.mark_persisted()
+        return {"v": 2, "records": self.records()}
+
+    @classmethod
+    def restore(cls, state: Mapping[str, Any]) -> Pipeline:
+        """A pipeline continuing exactly where the one that took ``state`` stood."""
+        if not isinstance(state, Mapping) or state.get("v") != 2:
+            got = state.get("v") if isinstance(state, Mapping) else type(state).__name__
+            raise StateError(f"unsupported pipeline state version {got!r}; want 2")
+        return cls.from_records(state["records"])
 
 
 def _clock_ms(ts: float) -> int:

@@ -23,7 +23,7 @@ class UserBuffer:
     """
 
     __slots__ = ("_cap", "_h", "_seq", "_ts", "_y", "_z", "last_ts", "segment",
-                 "since_check")
+                 "since_check", "touch")
 
     def __init__(self, capacity: int, segment: str) -> None:
         self._cap = int(capacity)
@@ -35,6 +35,8 @@ class UserBuffer:
         self.segment = segment
         self.since_check = 0
         self.last_ts = -(2**62)
+        # The owner's place for this buffer in its LRU order (persisted beside the buffer).
+        self.touch = 0
 
     def __len__(self) -> int:
         return min(len(self._z), self._cap)

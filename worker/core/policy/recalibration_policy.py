@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,8 +199,14 @@ class RecalibrationPolicy:
     core reads no clock), ``training`` is the fitted data's weight (decayed for sketch
     fits), positives and impression-time range, ``metrics`` compare the calibrator served
     before (``*_before``) with the new one on the holdout events of the decision;
-    ``version`` increases by one per key and is part of ``to_dict``. No ``conformal``
+    ``version`` increases by one per key and is part of the state. No ``conformal``
     block: that belongs to the conformal component.
+
+    **Persistence** is by records, for a compacted changelog: ``export_shared`` (per model
+    and scope; bounded by models x segments) and ``export_user`` per user (buffers and
+    user versions across models), the users changed since the last call named by
+    ``dirty_users`` (noted per event: no scan); ``restore`` rebuilds the policy from them
+    and it continues exactly (the records carry the LRU order).
 
     >>> from worker.core.records.impression import Impression
     >>> rng = np.random.default_rng(0)
@@ -248,9 +255,18 @@ class RecalibrationPolicy:
         # re-absorbing the key block each time.
         self._holdout_hash = hashlib.blake2b(digest_size=8, key=config.holdout_salt.encode())
         self._threshold = int(config.holdout_fraction * 2**64)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Empty state (construction and ``restore``)."""
         self._models: dict[str, _Model] = {}
         # LRU over (model_id, user_id): least recently updated first.
         self._users: OrderedDict[tuple[str, str], UserBuffer] = OrderedDict()
+        # Events ingested so far: stamps each buffer's place in the LRU order, which the
+        # per-user records must carry.
+        self._ticks = 0
+        # Users whose record (``export_user``) changed since the last ``dirty_users``.
+        self._changed_users: set[str] = set()
 
     # ------------------------------------------------------------------ read-only
 
@@ -382,6 +398,9 @@ class RecalibrationPolicy:
             buf = self._users[user_key] = UserBuffer(cfg.user_buffer, imp.segment)
         else:
             self._users.move_to_end(user_key)
+        buf.touch = self._ticks
+        self._ticks += 1
+        self._changed_users.add(imp.user_id)
         buf.append(z, y, ts, holdout, seq, imp.segment)
         self._expire_users()
 
@@ -939,6 +958,7 @@ class RecalibrationPolicy:
     ) -> dict[str, Any] | None:
         cfg = self._cfg
         regime = self._regime_of(model, buf.segment)
+        self._changed_users.add(user_id)
         buf.drop_before(regime)
         if len(buf) < self._gate.min_events:
             # The gate's own first test, before the columns are copied out: most checks
@@ -1028,6 +1048,7 @@ class RecalibrationPolicy:
         """Publish the user's fallback calibrator as the user's version (what a tombstone
         would do, as a version): empty ``training``, metrics on the user's holdout."""
         cal = calibrator_from_dict(_cal_dict(self._resolve(model, rec.segment, None)))
+        self._changed_users.add(user_id)
         buf = self._users.get((model_id, user_id))
         if buf is not None:
             buf.drop_before(regime)
@@ -1055,14 +1076,45 @@ class RecalibrationPolicy:
             wm = self._models[key[0]].watermark
             if len(users) > cfg.max_users or buf.last_ts < wm - cfg.user_ttl_ms:
                 users.popitem(last=False)
+                self._changed_users.add(key[1])
             else:
                 break
 
     # ------------------------------------------------------------------ persistence
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready state with ``"v": 1`` (versions, sketches, buffers: a restart resumes
-        exactly where it stopped)."""
+    # Incremental persistence: one shared record (per model: counters, gate, scopes with
+    # their sketches and rings; bounded by models x segments) and one record per user
+    # (its buffers and publication records across models), written when it changes.
+
+    def dirty_users(self) -> set[str]:
+        """Users whose ``export_user`` changed since the last call (the call clears the set);
+        a user whose last buffer was evicted is among them."""
+        out = self._changed_users
+        self._changed_users = set()
+        return out
+
+    def export_user(self, user_id: str) -> dict[str, Any] | None:
+        """One user's record, JSON-ready: ``buffers`` (``[model_id, touch, buffer]``,
+        ``touch`` being the buffer's place in the LRU order) and ``versions``
+        (``[model_id, publication record]``); None when the policy keeps neither."""
+        buffers = []
+        versions = []
+        for model_id in sorted(self._models):
+            buf = self._users.get((model_id, user_id))
+            if buf is not None:
+                buffers.append([model_id, buf.touch, buf.to_dict()])
+            rec = self._models[model_id].user_versions.get(user_id)
+            if rec is not None:
+                versions.append([model_id, {"version": rec.version, "current": rec.current,
+                                            "segment": rec.segment, "regime": rec.regime,
+                                            "follow": rec.follow}])
+        if not buffers and not versions:
+            return None
+        return {"v": 1, "user_id": user_id, "buffers": buffers, "versions": versions}
+
+    def export_shared(self) -> dict[str, Any]:
+        """The part bounded by models x segments: per model its counters, cohort gate,
+        segment codes and scopes (sketches, rings, versions); no hyper-parameters."""
         models = {}
         for model_id in sorted(self._models):
             m = self._models[model_id]
@@ -1073,28 +1125,33 @@ class RecalibrationPolicy:
                 "gate": m.gate.to_dict(),
                 "seg_codes": dict(m.seg_codes),
                 "scopes": {k: s.to_dict() for k, s in sorted(m.scopes.items())},
-                "user_versions": {
-                    u: {"version": r.version, "current": r.current, "segment": r.segment,
-                        "regime": r.regime, "follow": r.follow}
-                    for u, r in sorted(m.user_versions.items())
-                },
             }
-        return {
-            "v": 1,
-            "config": self._cfg.to_dict(),
-            "models": models,
-            "users": [[m, u, buf.to_dict()] for (m, u), buf in self._users.items()],
-        }
+        return {"v": 1, "ticks": self._ticks, "models": models}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RecalibrationPolicy:
-        """Inverse of ``to_dict``; malformed state raises ``InvalidInputError("schema")``."""
+    def restore(
+        self,
+        shared: dict[str, Any] | None,
+        users: Iterable[dict[str, Any] | None] = (),
+    ) -> None:
+        """Replace the whole state by exported records (``export_shared`` and
+        ``export_user``, users in any order, None items skipped): the policy then continues
+        exactly as the exporting one. Nothing is dirty afterwards. Unreadable records raise
+        ``StateError``."""
         try:
-            if data.get("v") != 1:
-                raise ValueError(f"unsupported policy state version {data.get('v')!r}")
-            policy = cls(PolicyConfig.from_dict(data["config"]))
-            cfg = policy._cfg
-            for model_id, md in data["models"].items():
+            self._restore(shared, users)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"invalid policy state: {exc!r}") from exc
+
+    def _restore(
+        self, shared: dict[str, Any] | None, users: Iterable[dict[str, Any] | None]
+    ) -> None:
+        self._reset()
+        cfg = self._cfg
+        if shared is not None:
+            if shared.get("v") != 1:
+                raise ValueError(f"unsupported policy record version {shared.get('v')!r}")
+            self._ticks = int(shared["ticks"])
+            for model_id, md in shared["models"].items():
                 m = _Model(cfg)
                 m.seq = int(md["seq"])
                 m.since_refit = int(md["since_refit"])
@@ -1106,16 +1163,60 @@ class RecalibrationPolicy:
                     raise ValueError("seg_codes must name exactly the segment scopes")
                 if GLOBAL not in m.scopes:
                     raise ValueError("a model needs a global scope")
-                m.user_versions = {
-                    u: _UserVersion(int(r["version"]), r["current"], str(r["segment"]),
-                                    int(r["regime"]), bool(r["follow"]))
-                    for u, r in md["user_versions"].items()
-                }
-                policy._models[model_id] = m
-            for model_id, user_id, bd in data["users"]:
-                policy._users[(model_id, user_id)] = UserBuffer.from_dict(bd, cfg.user_buffer)
+                self._models[str(model_id)] = m
+        held: list[tuple[int, str, str, UserBuffer]] = []
+        for data in users:
+            if data is None:
+                continue
+            if data.get("v") != 1:
+                raise ValueError(f"unsupported policy user record version {data.get('v')!r}")
+            user_id = str(data["user_id"])
+            for model_id, touch, bd in data["buffers"]:
+                if model_id not in self._models:
+                    raise ValueError(f"buffer of unknown model {model_id!r}")
+                buf = UserBuffer.from_dict(bd, cfg.user_buffer)
+                buf.touch = int(touch)
+                held.append((buf.touch, model_id, user_id, buf))
+            for model_id, r in data["versions"]:
+                self._models[model_id].user_versions[user_id] = _UserVersion(
+                    int(r["version"]), r["current"], str(r["segment"]), int(r["regime"]),
+                    bool(r["follow"]),
+                )
+        held.sort(key=lambda row: row[0])
+        for _, model_id, user_id, buf in held:
+            if (model_id, user_id) in self._users:
+                raise ValueError(f"two buffers of user {user_id!r} in model {model_id!r}")
+            self._users[(model_id, user_id)] = buf
+
+    def record_users(self) -> list[str]:
+        """Every user with a record (a buffer or a publication record), sorted; a full
+        scan, for whole-state dumps."""
+        users = {user_id for _, user_id in self._users}
+        for m in self._models.values():
+            users.update(m.user_versions)
+        return sorted(users)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state with ``"v": 2``: the hyper-parameters and every record
+        (``export_shared``, ``export_user``); a restart resumes exactly where it stopped."""
+        return {
+            "v": 2,
+            "config": self._cfg.to_dict(),
+            "shared": self.export_shared(),
+            "users": [self.export_user(user_id) for user_id in self.record_users()],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RecalibrationPolicy:
+        """Inverse of ``to_dict``; malformed state raises ``StateError``."""
+        try:
+            if data.get("v") != 2:
+                raise ValueError(f"unsupported policy state version {data.get('v')!r}")
+            policy = cls(PolicyConfig.from_dict(data["config"]))
+            parts = (data["shared"], data["users"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"invalid policy state: {exc}") from exc
+        policy.restore(*parts)
         return policy
 
     def __repr__(self) -> str:

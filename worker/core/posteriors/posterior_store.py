@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from worker.core.errors import ConfigError, InvalidInputError, StateError
@@ -21,7 +21,7 @@ _RATE_FLOOR = 1e-4
 class _User:
     """One user's state: segment, pooled and per-arm posteriors, conformal share, tier."""
 
-    __slots__ = ("arms", "last_ts", "n_flags", "pooled", "segment", "share", "tier")
+    __slots__ = ("arms", "last_ts", "n_flags", "pooled", "segment", "share", "tier", "touch")
 
     def __init__(self, segment: str, pooled: BetaPosterior) -> None:
         self.segment = segment
@@ -31,6 +31,9 @@ class _User:
         self.n_flags = 0
         self.tier: str | None = None
         self.last_ts = 0
+        # The store's update count at this user's latest update: the users' LRU order, which
+        # per-user records must carry (eviction and the snapshot order follow it).
+        self.touch = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +126,14 @@ class PosteriorStore:
     drops users idle since before an event time. ``drain_dirty`` returns snapshots of the
     pairs updated since the last drain, for the batched compacted topic.
 
+    **Persistence** is by records, for a compacted changelog: ``export_shared`` (rates and
+    counters, bounded by segments), ``export_user`` per user, ``export_arm`` per arm and
+    ``export_evicted`` per evicted user with undrained tombstone keys; ``dirty_users``,
+    ``dirty_arms`` and ``dirty_evicted`` name the records changed since they were last
+    asked (noted as the update runs: no scan), and ``restore`` rebuilds the store from
+    them. The records carry the orders that matter (the LRU order, the order of the
+    pending snapshots and tombstones), so a restored store continues exactly.
+
     Users are partitioned across workers, so a store has no ``merge``; the population
     posteriors (``population(arm)``) are ``BetaPosterior`` objects, which merge.
 
@@ -194,7 +205,10 @@ class PosteriorStore:
         self._max_users = _config_int("max_users", max_users)
         self._max_segments = _config_int("max_segments", max_segments)
         self._max_arms = _config_int("max_arms", max_arms)
+        self._reset()
 
+    def _reset(self) -> None:
+        """Empty state (construction and ``restore``)."""
         self._users: OrderedDict[str, _User] = OrderedDict()
         self._population: dict[str, BetaPosterior] = {}
         # Rate statistics: only the discounted counts of these posteriors are used.
@@ -202,9 +216,22 @@ class PosteriorStore:
         self._segments: dict[str, BetaPosterior] = {}
         self._segment_arms: dict[tuple[str, str], BetaPosterior] = {}
         self._overrides: dict[str, float] = {}
-        # Insertion-ordered sets (dict keys) so drains are deterministic.
-        self._dirty: dict[tuple[str, str], None] = {}
-        self._evicted: dict[tuple[str, str], None] = {}
+        # Each arm's position in ``_population`` and the segments it has rate counts for, so
+        # that one arm's record is built without a scan (kept on creation, which is rare).
+        self._arm_index: dict[str, int] = {}
+        self._arm_segments: dict[str, list[str]] = {}
+        # Updates so far: stamps the users' LRU order and the pairs' dirty order.
+        self._ticks = 0
+        # Pairs updated since the last ``drain_dirty``, in first-update order; the value is
+        # the update (tick) that marked it, so per-user records can carry the order.
+        self._dirty: dict[tuple[str, str], int] = {}
+        # Evicted users' (user, arm) keys not yet drained, by user; values order the drain.
+        self._evicted: dict[str, dict[str, int]] = {}
+        self._n_evicted = 0
+        # Records changed since the last ``dirty_*`` call (see ``export_user``).
+        self._changed_users: set[str] = set()
+        self._changed_arms: set[str] = set()
+        self._changed_evicted: set[str] = set()
 
     # ------------------------------------------------------------------ configuration
 
@@ -245,6 +272,10 @@ class PosteriorStore:
     def arms(self) -> list[str]:
         """Arms with a population posterior."""
         return list(self._population)
+
+    def evicted_users(self) -> list[str]:
+        """Evicted users whose (user, arm) keys ``drain_evicted`` has not handed out yet."""
+        return list(self._evicted)
 
     # ------------------------------------------------------------------ rates and priors
 
@@ -339,6 +370,8 @@ class PosteriorStore:
         """``update`` for arguments already validated (by the decoder and the join): the
         pipeline's path, which re-checks nothing. ``user_id`` must not be ``"*"``."""
         uid, seg, y, ts = user_id, segment, label, event_ts
+        tick = self._ticks
+        self._ticks = tick + 1
         # Priors are taken before this event enters the rates: the user's own event must not
         # also be counted as prior evidence.
         user = self._users.get(uid)
@@ -348,19 +381,24 @@ class PosteriorStore:
         else:
             self._users.move_to_end(uid)
             user.segment = seg
+        user.touch = tick
+        self._changed_users.add(uid)
         if arm is not None:
             pair = user.arms.get(arm)
             if pair is None and len(user.arms) < self._max_arms:
                 pair = user.arms[arm] = self._prior(self.segment_rate(seg, arm, ts))
             if pair is not None:
                 pair.count(y, ts)
-                self._mark(uid, arm)
+                self._dirty.setdefault((uid, arm), tick)
             pop = self._population.get(arm)
             if pop is None and len(self._population) < self._max_arms:
                 pop = self._population[arm] = self._prior(self._default_rate)
+                self._arm_index[arm] = len(self._arm_index)
+                self._arm_segments[arm] = []
             if pop is not None:
                 pop.count(y, ts)
-                self._mark(POPULATION, arm)
+                self._dirty.setdefault((POPULATION, arm), tick)
+                self._changed_arms.add(arm)
         user.pooled.count(y, ts)
         user.last_ts = max(user.last_ts, ts)
 
@@ -374,6 +412,7 @@ class PosteriorStore:
                 sa = self._segment_arms.get((seg, arm))
                 if sa is None:
                     sa = self._segment_arms[(seg, arm)] = self._counter()
+                    self._arm_segments[arm].append(seg)
                 sa.count(y, ts)
 
         if conformal_uncertain is not None:
@@ -385,9 +424,6 @@ class PosteriorStore:
         events = self._retier(uid, user, ts)
         self._evict_over_cap()
         return events
-
-    def _mark(self, uid: str, arm: str) -> None:
-        self._dirty[(uid, arm)] = None
 
     def _spread(self, post: BetaPosterior, ts: int | None = None) -> float:
         """The tier ``cv`` of ``post``'s evidence read at ``ts`` (class docstring), prior mean
@@ -443,12 +479,20 @@ class PosteriorStore:
     def _evict_over_cap(self) -> None:
         while len(self._users) > self._max_users:
             uid, user = self._users.popitem(last=False)
-            self._forget(uid, user, self._evicted)
+            self._forget(uid, user)
+            if user.arms:
+                pending = self._evicted.setdefault(uid, {})
+                for arm in user.arms:
+                    if arm not in pending:
+                        pending[arm] = self._n_evicted
+                        self._n_evicted += 1
+                self._changed_evicted.add(uid)
 
-    def _forget(self, uid: str, user: _User, sink: dict[tuple[str, str], None]) -> None:
+    def _forget(self, uid: str, user: _User) -> None:
+        """A user leaves the store: its pairs are no longer dirty, its record is deleted."""
         for arm in user.arms:
             self._dirty.pop((uid, arm), None)
-            sink[(uid, arm)] = None
+        self._changed_users.add(uid)
 
     def expire(self, before_ts: int) -> list[tuple[str, str]]:
         """Drop users whose newest event is older than ``before_ts``; return their keys.
@@ -458,21 +502,32 @@ class PosteriorStore:
         user's posterior is back at its prior anyway.
         """
         t = _checks.timestamp("before_ts", before_ts)
-        gone: dict[tuple[str, str], None] = {}
+        gone: list[tuple[str, str]] = []
         for uid in [u for u, s in self._users.items() if s.last_ts < t]:
-            self._forget(uid, self._users.pop(uid), gone)
-        return list(gone)
+            user = self._users.pop(uid)
+            self._forget(uid, user)
+            gone += [(uid, arm) for arm in user.arms]
+        return gone
 
     def drain_evicted(self) -> list[tuple[str, str]]:
         """(user, arm) keys of users evicted by the ``max_users`` cap since the last drain."""
-        out = list(self._evicted)
+        rows = sorted(
+            (seq, uid, arm) for uid, arms in self._evicted.items() for arm, seq in arms.items()
+        )
+        self._changed_evicted.update(self._evicted)
         self._evicted.clear()
-        return out
+        return [(uid, arm) for _, uid, arm in rows]
 
     def drain_dirty(self, event_ts: int) -> list[dict[str, Any]]:
         """Snapshots (at ``event_ts``) of the pairs updated since the last drain, in order."""
         ts = _checks.timestamp("event_ts", event_ts)
         out = [self._snapshot(u, a, ts) for u, a in self._dirty]
+        # The pending marks are part of the users' and arms' records.
+        for uid, arm in self._dirty:
+            if uid == POPULATION:
+                self._changed_arms.add(arm)
+            else:
+                self._changed_users.add(uid)
         self._dirty.clear()
         return out
 
@@ -581,47 +636,199 @@ class PosteriorStore:
             user = _User.from_dict(data)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"malformed user state: {exc}") from exc
+        old = self._users.get(uid)
+        if old is not None:
+            for arm in old.arms:
+                if arm not in user.arms:
+                    self._dirty.pop((uid, arm), None)
+        user.touch = self._ticks
+        self._ticks += 1
         self._users[uid] = user
         self._users.move_to_end(uid)
+        self._changed_users.add(uid)
         self._evict_over_cap()
 
-    def to_dict(self) -> dict[str, Any]:
-        """The whole store as JSON-ready data with version field ``"v": 1``."""
+    # Incremental persistence: the store's state is one shared record (rates, counters),
+    # one record per user, per arm with a population posterior, and per evicted user whose
+    # tombstone keys are not drained yet. Only the shared record is bounded by the
+    # configuration alone; the others are written when they change (``dirty_*``).
+
+    def dirty_users(self) -> set[str]:
+        """Users whose ``export_user`` changed since the last call (the call clears the set);
+        an evicted or expired user is among them, with ``export_user`` None."""
+        out = self._changed_users
+        self._changed_users = set()
+        return out
+
+    def dirty_arms(self) -> set[str]:
+        """Arms whose ``export_arm`` changed since the last call (the call clears the set)."""
+        out = self._changed_arms
+        self._changed_arms = set()
+        return out
+
+    def dirty_evicted(self) -> set[str]:
+        """Users whose ``export_evicted`` changed since the last call (clears the set)."""
+        out = self._changed_evicted
+        self._changed_evicted = set()
+        return out
+
+    def export_user(self, user_id: str) -> dict[str, Any] | None:
+        """One user's record, JSON-ready: posteriors, tier, share, its place in the LRU order
+        (``touch``) and its pairs awaiting ``drain_dirty`` (``dirty``: ``[arm, mark]``);
+        None when the store holds no such user (a delete)."""
+        user = self._users.get(user_id)
+        if user is None:
+            return None
+        dirty = self._dirty
+        marks = [[arm, dirty[(user_id, arm)]] for arm in user.arms if (user_id, arm) in dirty]
+        return {"v": 1, "user_id": user_id, **user.to_dict(), "touch": user.touch,
+                "dirty": marks}
+
+    def export_arm(self, arm: str) -> dict[str, Any] | None:
+        """One arm's record: its population posterior, its position among the arms (``i``),
+        its pending ``drain_dirty`` mark and its per-segment rate counts; None for an arm
+        without a population posterior."""
+        pop = self._population.get(arm)
+        if pop is None:
+            return None
+        seg_arms = self._segment_arms
         return {
             "v": 1,
-            "config": self.config,
-            "users": [[uid, u.to_dict()] for uid, u in self._users.items()],
-            "population": [[a, p.to_dict()] for a, p in self._population.items()],
+            "arm": arm,
+            "i": self._arm_index[arm],
+            "population": pop.to_dict(),
+            "dirty": self._dirty.get((POPULATION, arm)),
+            "segments": [[g, seg_arms[(g, arm)].to_dict()] for g in self._arm_segments[arm]],
+        }
+
+    def export_evicted(self, user_id: str) -> dict[str, Any] | None:
+        """The (user, arm) keys of an evicted user that ``drain_evicted`` has not handed out
+        yet (``arms``: ``[arm, order]``); None when there are none."""
+        pending = self._evicted.get(user_id)
+        if not pending:
+            return None
+        return {"v": 1, "user_id": user_id, "arms": [[a, n] for a, n in pending.items()]}
+
+    def export_shared(self) -> dict[str, Any]:
+        """The part bounded by segments: global and segment rate counts, overrides,
+        counters (no hyper-parameters: the owner's configuration holds them)."""
+        return {
+            "v": 1,
             "global": self._global.to_dict(),
             "segments": [[g, p.to_dict()] for g, p in self._segments.items()],
-            "segment_arms": [[g, a, p.to_dict()] for (g, a), p in self._segment_arms.items()],
             "overrides": [[g, r] for g, r in self._overrides.items()],
-            "dirty": [list(k) for k in self._dirty],
-            "evicted": [list(k) for k in self._evicted],
+            "ticks": self._ticks,
+            "n_evicted": self._n_evicted,
+        }
+
+    def restore(
+        self,
+        shared: Mapping[str, Any] | None,
+        users: Iterable[Mapping[str, Any] | None] = (),
+        arms: Iterable[Mapping[str, Any] | None] = (),
+        evicted: Iterable[Mapping[str, Any] | None] = (),
+    ) -> None:
+        """Replace the whole state by exported records (``export_shared``, ``export_user``,
+        ``export_arm``, ``export_evicted``; in any order, None items skipped): the store then
+        behaves exactly as the exporting one. Nothing is dirty afterwards. Unreadable
+        records raise ``StateError``."""
+        try:
+            self._restore(shared, users, arms, evicted)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"malformed posterior store state: {exc!r}") from exc
+
+    def _restore(
+        self,
+        shared: Mapping[str, Any] | None,
+        users: Iterable[Mapping[str, Any] | None],
+        arms: Iterable[Mapping[str, Any] | None],
+        evicted: Iterable[Mapping[str, Any] | None],
+    ) -> None:
+        self._reset()
+        if shared is not None:
+            _version(shared, "posterior store")
+            self._global = BetaPosterior.from_dict(shared["global"])
+            self._segments = {str(g): BetaPosterior.from_dict(p) for g, p in shared["segments"]}
+            for g, r in shared["overrides"]:
+                self.set_segment_rate(g, r)
+            self._ticks = _count("ticks", shared["ticks"])
+            self._n_evicted = _count("n_evicted", shared["n_evicted"])
+        # (mark, population?, user, arm): a pair and its arm marked by one update share the
+        # mark, and the pair was marked first.
+        marks: list[tuple[int, int, str, str]] = []
+        held: list[tuple[int, str, _User]] = []
+        for data in users:
+            if data is None:
+                continue
+            _version(data, "posterior user")
+            uid = _checks.identifier("user_id", data["user_id"])
+            user = _User.from_dict(data)
+            user.touch = _count("touch", data["touch"])
+            for arm, mark in data["dirty"]:
+                if arm not in user.arms:
+                    raise ValueError(f"dirty arm {arm!r} has no posterior")
+                marks.append((_count("mark", mark), 0, uid, arm))
+            held.append((user.touch, uid, user))
+        held.sort(key=lambda row: row[0])
+        self._users = OrderedDict((uid, user) for _, uid, user in held)
+        if len(self._users) != len(held):
+            raise ValueError("a user has two records")
+        rows: list[tuple[int, str, Mapping[str, Any]]] = []
+        for data in arms:
+            if data is None:
+                continue
+            _version(data, "posterior arm")
+            rows.append((_count("i", data["i"]), _checks.identifier("arm", data["arm"]), data))
+        rows.sort(key=lambda row: row[0])
+        if [i for i, _, _ in rows] != list(range(len(rows))):
+            raise ValueError("arm positions must be 0, 1, ... without gaps")
+        for i, arm, data in rows:
+            self._population[arm] = BetaPosterior.from_dict(data["population"])
+            self._arm_index[arm] = i
+            segs = self._arm_segments[arm] = []
+            for g, counts in data["segments"]:
+                self._segment_arms[(str(g), arm)] = BetaPosterior.from_dict(counts)
+                segs.append(str(g))
+            if data["dirty"] is not None:
+                marks.append((_count("mark", data["dirty"]), 1, POPULATION, arm))
+        marks.sort()
+        self._dirty = {(uid, arm): mark for mark, _, uid, arm in marks}
+        gone: list[tuple[int, str, dict[str, int]]] = []
+        for data in evicted:
+            if data is None:
+                continue
+            _version(data, "posterior eviction")
+            uid = _checks.identifier("user_id", data["user_id"])
+            pending = {str(a): _count("order", n) for a, n in data["arms"]}
+            if pending:
+                gone.append((min(pending.values()), uid, pending))
+        gone.sort(key=lambda row: row[0])
+        self._evicted = {uid: pending for _, uid, pending in gone}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole store as JSON-ready data with version field ``"v": 2``: the
+        hyper-parameters and every record (``export_*``)."""
+        return {
+            "v": 2,
+            "config": self.config,
+            "shared": self.export_shared(),
+            "users": [self.export_user(uid) for uid in self._users],
+            "arms": [self.export_arm(arm) for arm in self._population],
+            "evicted": [self.export_evicted(uid) for uid in self._evicted],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PosteriorStore:
         """Inverse of ``to_dict``; a malformed dict raises ``StateError``."""
         try:
-            if data.get("v") != 1:
+            if data.get("v") != 2:
                 raise ValueError(f"unsupported store version {data.get('v')!r}")
             out = cls(**data["config"])
-            for uid, u in data["users"]:
-                out._users[_checks.identifier("user_id", uid)] = _User.from_dict(u)
-            out._population = {a: BetaPosterior.from_dict(p) for a, p in data["population"]}
-            out._global = BetaPosterior.from_dict(data["global"])
-            out._segments = {g: BetaPosterior.from_dict(p) for g, p in data["segments"]}
-            out._segment_arms = {
-                (g, a): BetaPosterior.from_dict(p) for g, a, p in data["segment_arms"]
-            }
-            for g, r in data["overrides"]:
-                out.set_segment_rate(g, r)
-            out._dirty = {(str(u), str(a)): None for u, a in data["dirty"]}
-            out._evicted = {(str(u), str(a)): None for u, a in data["evicted"]}
-            return out
+            parts = (data["shared"], data["users"], data["arms"], data["evicted"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"malformed posterior store state: {exc}") from exc
+        out.restore(*parts)
+        return out
 
     def __repr__(self) -> str:
         return (
@@ -635,3 +842,13 @@ def _config_int(name: str, value: object) -> int:
         raise ConfigError(f"{name} must be an integer >= 1; got {value!r}")
     return value
 
+
+def _version(data: Mapping[str, Any], what: str) -> None:
+    if data.get("v") != 1:
+        raise ValueError(f"unsupported {what} record version {data.get('v')!r}")
+
+
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
+    return value

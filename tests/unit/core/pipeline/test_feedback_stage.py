@@ -481,7 +481,7 @@ def test_round_trip_then_continue_gives_the_same_outputs() -> None:
     end = iso(int(stream.ts[-1]))
     final = _outputs(whole.finish(None, end))
     for cut in cuts:
-        assert states[cut]["models"][0][1]["gate"]["pending"]
+        assert states[cut]["records"]["monitor"]["models"][0][1]["gate"]["pending"]
         resumed = FeedbackStage.from_dict(states[cut])
         assert json.loads(json.dumps(resumed.to_dict())) == states[cut]
         assert _run_all(resumed, stream, cut, len(stream)) == expected[cut:]
@@ -501,9 +501,13 @@ def test_malformed_state_is_rejected() -> None:
     mon = FeedbackStage()
     state = mon.to_dict()
     with pytest.raises(StateError):
-        FeedbackStage.from_dict({**state, "v": 2})
+        FeedbackStage.from_dict({**state, "v": 99})
     with pytest.raises(StateError):
-        FeedbackStage.from_dict({k: v for k, v in state.items() if k != "models"})
+        FeedbackStage.from_dict({k: v for k, v in state.items() if k != "records"})
+    with pytest.raises(StateError):
+        FeedbackStage.from_dict({**state, "records": {"nobody:u": {}}})
+    with pytest.raises(StateError):
+        FeedbackStage.from_dict({**state, "records": {"post:u": {"v": 1, "user_id": "w"}}})
 
 
 # ---------------------------------------------------------------------- config & misc
@@ -550,7 +554,8 @@ def test_segment_cap_bounds_the_scopes() -> None:
                          f"s{i}", None, None)
         mon.on_impression(imp, iso(START_MS))
         mon.on_feedback(Feedback(imp, 0, START_MS + i, None, None), iso(START_MS))
-    scopes = {s for m in mon.to_dict()["models"] for s, _ in m[1]["scopes"]}
+    models = mon.to_dict()["records"]["monitor"]["models"]
+    scopes = {s for m in models for s, _ in m[1]["scopes"]}
     assert scopes == {"global", "segment:s0", "segment:s1"}
 
 

@@ -1,5 +1,5 @@
 """`Pipeline`: batch cuts never change the outputs; snapshot/restore continues exactly;
-changed keys name what changed."""
+changed keys name what changed (the changelog records: ``test_pipeline_records``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.core.codec.input_decoder import InputDecoder
-from worker.core.errors import ConfigError, InvalidInputError
+from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.pipeline import (
     InputBatch,
     MonitorConfig,
@@ -131,10 +131,13 @@ def test_snapshot_and_restore_mid_stream_continue_exactly() -> None:
     assert serialized(outs) == reference()
 
 
-def test_changed_keys_name_the_users_touched_since_the_last_snapshot() -> None:
+def test_changed_keys_name_the_users_touched_since_the_last_persist() -> None:
     pipe = Pipeline(CONFIG)
+    assert pipe.changed_keys() == ["clock", "config", "monitor"]  # never written yet
+    assert pipe.changed_keys() == ["clock", "config", "monitor"]  # a read
+    pipe.mark_persisted()
     assert pipe.changed_keys() == []
-    first, second = whole_batch().split(50)
+    first, second, third = whole_batch().split(50, 51)
     pipe.process(first)
     users = {e.user_id for e in first.events if not isinstance(e, tuple)}
     keys = pipe.changed_keys()
@@ -144,10 +147,13 @@ def test_changed_keys_name_the_users_touched_since_the_last_snapshot() -> None:
     for key in keys:
         record = pipe.export(key)
         assert record is None or orjson.loads(orjson.dumps(record)) == record
-    pipe.snapshot()
+    pipe.mark_persisted()
     assert pipe.changed_keys() == []
-    pipe.process(second.split(1)[0])
+    pipe.process(second)
     assert pipe.changed_keys() != []
+    pipe.process(third)
+    pipe.snapshot()  # persists everything: nothing is left to write
+    assert pipe.changed_keys() == []
 
 
 def test_rejected_inputs_come_back_in_input_order_with_their_refs() -> None:
@@ -164,5 +170,5 @@ def test_config_is_validated() -> None:
         Pipeline("not a config")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         Pipeline(replace(CONFIG, window_ms=0))
-    with pytest.raises(ConfigError):
+    with pytest.raises(StateError):
         Pipeline.restore({"v": 99})

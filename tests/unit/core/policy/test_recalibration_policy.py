@@ -318,7 +318,7 @@ def test_isotonic_global_gives_segments_a_parametric_parent() -> None:
                               created_at=CREATED_AT)
     check_messages(msgs)
     assert any(m["scope"] == "global" and m["method"] == "isotonic" for m in msgs)
-    state = policy.to_dict()["models"]["m"]["scopes"]["global"]
+    state = policy.to_dict()["shared"]["models"]["m"]["scopes"]["global"]
     if state["current"]["method"] == "isotonic":
         assert state["parametric"]["method"] in ("identity", "temperature", "platt")
     for segment in ("web", "app"):
@@ -339,13 +339,13 @@ def test_positives_wait_until_their_impression_cohort_is_complete() -> None:
 
     for i in range(5):
         assert policy.update(fb(i, 1), created_at=CREATED_AT) == []
-    state = policy.to_dict()["models"]["m"]
+    state = policy.to_dict()["shared"]["models"]["m"]
     assert state["seq"] == 0 and len(state["gate"]["pending"]) == 5
     policy.update(fb(3, 0), created_at=CREATED_AT)  # releases positives with ts <= 3
-    state = policy.to_dict()["models"]["m"]
+    state = policy.to_dict()["shared"]["models"]["m"]
     assert state["seq"] == 1 + 4 and len(state["gate"]["pending"]) == 1
     policy.update(fb(9, 0), created_at=CREATED_AT)
-    assert policy.to_dict()["models"]["m"]["seq"] == 7
+    assert policy.to_dict()["shared"]["models"]["m"]["seq"] == 7
 
 
 def test_user_state_is_bounded_by_count_and_by_event_time() -> None:
@@ -407,12 +407,59 @@ def test_restart_from_state_continues_exactly() -> None:
     assert {m["scope"] for m in straight} >= {"global", "segment:app"}
 
 
+def test_records_restore_a_policy_that_continues_exactly() -> None:
+    """The per-user records written when ``dirty_users`` names them, plus the shared
+    record, are the whole state: a policy restored from them (in any order) continues
+    exactly, LRU evictions included."""
+    specials = {"loud": (1.0, 2.0)}
+    ev = make_events(24_000, seed=11, change_at=12_000, temperature_after=1.6, gap_ms=5_000,
+                     segments=(("web", 0.7, 0.0), ("app", 0.3, 0.5)), n_users=300,
+                     special_users=specials, special_share=0.05)
+    fbs = list(ev.feedback())
+    # Eligible early (the "loud" user gets versions before the cut), evicting often.
+    cfg = PolicyConfig(max_users=150, gate_min_days=1, gate_min_events=100)
+    one = RecalibrationPolicy(cfg)
+    straight = [m for f in fbs for m in one.update(f, created_at=CREATED_AT)]
+    first = RecalibrationPolicy(cfg)
+    log: dict[str, Any] = {}
+    deleted = set()
+    resumed = []
+    cut = len(fbs) * 2 // 3 + 5
+    for f in fbs[:cut]:
+        resumed += first.update(f, created_at=CREATED_AT)
+        for user_id in first.dirty_users():
+            value = first.export_user(user_id)
+            if value is None:
+                log.pop(user_id, None)
+                deleted.add(user_id)
+            else:
+                log[user_id] = orjson.loads(orjson.dumps(value))
+    assert deleted and any(rec["versions"] for rec in log.values())
+    # Nothing changed was left out: the log holds every user's current record.
+    assert log == {u: orjson.loads(orjson.dumps(first.export_user(u)))
+                   for u in first.record_users()}
+    second = RecalibrationPolicy(cfg)
+    second.restore(orjson.loads(orjson.dumps(first.export_shared())),
+                   [log[u] for u in sorted(log, reverse=True)])
+    assert second.dirty_users() == set()
+    assert second.to_dict() == first.to_dict()
+    resumed += [m for f in fbs[cut:] for m in second.update(f, created_at=CREATED_AT)]
+    assert resumed == straight
+    assert second.to_dict() == one.to_dict()
+    assert any(m["scope"].startswith("user:") for m in straight)
+
+
 def test_malformed_state_is_rejected() -> None:
     good = RecalibrationPolicy().to_dict()
     with pytest.raises(StateError):
-        RecalibrationPolicy.from_dict({**good, "v": 2})
+        RecalibrationPolicy.from_dict({**good, "v": 99})
     with pytest.raises(StateError):
-        RecalibrationPolicy.from_dict({**good, "models": {"m": {"seq": 1}}})
+        RecalibrationPolicy.from_dict({**good, "shared": {**good["shared"],
+                                                          "models": {"m": {"seq": 1}}}})
+    with pytest.raises(StateError):
+        RecalibrationPolicy.from_dict({**good, "users": [{"v": 1, "user_id": "u",
+                                                          "buffers": [["m", 0, {}]],
+                                                          "versions": []}]})
 
 
 @pytest.mark.parametrize("module", [policy_module, policy_config_module])

@@ -22,17 +22,15 @@ SCHEMA = json.loads(
     (pathlib.Path(__file__).parents[4] / "schemas" / "posterior_snapshot.schema.json").read_text()
 )
 
-stream_st = st.lists(
-    st.tuples(
-        st.sampled_from(["u1", "u2", "u3", "u4"]),
-        st.sampled_from(["a", "b", None]),
-        st.sampled_from(["s1", "s2"]),
-        st.integers(0, 1),
-        st.integers(0, 10_000),
-        st.sampled_from([None, True, False]),
-    ),
-    max_size=60,
+event_st = st.tuples(
+    st.sampled_from(["u1", "u2", "u3", "u4"]),
+    st.sampled_from(["a", "b", None]),
+    st.sampled_from(["s1", "s2"]),
+    st.integers(0, 1),
+    st.integers(0, 10_000),
+    st.sampled_from([None, True, False]),
 )
+stream_st = st.lists(event_st, max_size=60)
 
 
 def run(store: PosteriorStore, stream) -> list[dict]:
@@ -357,3 +355,97 @@ def test_input_errors_change_nothing(args, match) -> None:
 def test_tiers_constant() -> None:
     assert TIERS == ("confident", "moderate_uncertain", "high_epistemic")
     assert set(TIERS) == set(SCHEMA["properties"]["tier"]["enum"])
+
+
+# ---------------------------------------------------------------------- records
+
+ops_st = st.lists(
+    st.one_of(event_st, st.sampled_from(["drain_dirty", "drain_evicted"])),
+    max_size=80,
+)
+
+
+def step(store: PosteriorStore, op) -> list:
+    if op == "drain_dirty":
+        return store.drain_dirty(10_000)
+    if op == "drain_evicted":
+        return store.drain_evicted()
+    return store.update(*op)
+
+
+def persist(store: PosteriorStore, log: dict) -> None:
+    """What a changelog keeps: the shared record always, the dirty ones when they change
+    (None deletes), through JSON."""
+    log["shared"] = json.loads(json.dumps(store.export_shared()))
+    changed = [("user", u, store.export_user(u)) for u in store.dirty_users()]
+    changed += [("arm", a, store.export_arm(a)) for a in store.dirty_arms()]
+    changed += [("evicted", u, store.export_evicted(u)) for u in store.dirty_evicted()]
+    for kind, name, value in changed:
+        if value is None:
+            log.pop((kind, name), None)
+        else:
+            log[(kind, name)] = json.loads(json.dumps(value))
+
+
+@SETTINGS
+@given(ops_st, st.integers(0, 80))
+def test_records_restore_a_store_that_continues_exactly(ops, cut) -> None:
+    kwargs = {"half_life_ms": 5_000.0, "max_users": 3}
+    straight = PosteriorStore(**kwargs)
+    expected = [step(straight, op) for op in ops]
+    first = PosteriorStore(**kwargs)
+    log: dict = {}
+    got = []
+    for op in ops[:cut]:
+        got.append(step(first, op))
+        persist(first, log)
+    second = PosteriorStore(**kwargs)
+    # Any order: the records carry the LRU, dirty and eviction orders themselves.
+    rows = sorted((k for k in log if k != "shared"), reverse=True)
+    second.restore(log.get("shared"), [log[k] for k in rows if k[0] == "user"],
+                   [log[k] for k in rows if k[0] == "arm"],
+                   [log[k] for k in rows if k[0] == "evicted"])
+    assert not (second.dirty_users() or second.dirty_arms() or second.dirty_evicted())
+    assert second.to_dict() == first.to_dict()
+    got += [step(second, op) for op in ops[cut:]]
+    assert got == expected
+    assert second.to_dict() == straight.to_dict()
+    assert list(second.snapshots(20_000)) == list(straight.snapshots(20_000))
+
+
+def test_dirty_records_name_what_changed_and_deletes() -> None:
+    store = PosteriorStore(max_users=2)
+    store.update("u1", "a", "s", 1, 1)
+    store.update("u2", None, "s", 0, 2)
+    assert store.dirty_users() == {"u1", "u2"} and store.dirty_arms() == {"a"}
+    assert store.dirty_users() == set() and store.dirty_evicted() == set()
+    assert store.export_user("u1")["dirty"] == [["a", 0]]  # type: ignore[index]
+    assert store.export_arm("a")["dirty"] == 0  # type: ignore[index]
+    store.update("u3", "b", "t", 0, 3)  # evicts u1
+    assert store.dirty_users() == {"u1", "u3"} and store.export_user("u1") is None
+    assert store.dirty_evicted() == {"u1"}
+    assert store.export_evicted("u1") == {"v": 1, "user_id": "u1", "arms": [["a", 0]]}
+    assert [s["user_id"] for s in store.drain_dirty(5)] == ["*", "u3", "*"]
+    # The drained marks were part of the users' and arms' records.
+    assert store.dirty_users() == {"u3"} and store.dirty_arms() == {"a", "b"}
+    assert store.export_user("u3")["dirty"] == []  # type: ignore[index]
+    assert store.drain_evicted() == [("u1", "a")]
+    assert store.dirty_evicted() == {"u1"} and store.export_evicted("u1") is None
+    assert store.export_arm("nothing") is None and store.export_user("nobody") is None
+
+
+def test_malformed_records_are_rejected() -> None:
+    store = PosteriorStore()
+    store.update("u", "a", "s", 1, 1)
+    shared, user, arm = store.export_shared(), store.export_user("u"), store.export_arm("a")
+    assert user is not None and arm is not None
+    for bad in (
+        ({**shared, "v": 2}, [user], [arm]),
+        (shared, [{**user, "touch": -1}], [arm]),
+        (shared, [{**user, "dirty": [["b", 0]]}], [arm]),
+        (shared, [user, user], [arm]),
+        (shared, [user], [{**arm, "i": 3}]),
+        (shared, [{k: v for k, v in user.items() if k != "pooled"}], [arm]),
+    ):
+        with pytest.raises(StateError):
+            PosteriorStore().restore(*bad)
