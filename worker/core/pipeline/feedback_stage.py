@@ -331,7 +331,10 @@ class FeedbackStage:
         # statistics take complete impression cohorts only (``CohortGate``), and the policy
         # fits on exactly the events the gate releases here.
         released = model.gate.offer(fb)
-        holdout = [self._detect(model, cohort_event, ts, created_at, out, refit)
+        # ``fb`` itself, when released, is served what was just computed for it: nothing is
+        # published before the policy's ingest below.
+        holdout = [self._detect(model, cohort_event, ts, created_at, out, refit,
+                                (z, seg_key, served, p) if cohort_event is fb else None)
                    for cohort_event in released]
 
         # Counts that do not depend on label order: the stall and late-click detectors (at
@@ -364,20 +367,25 @@ class FeedbackStage:
         created_at: str,
         out: Outputs,
         refit: list[str],
+        serving: tuple[float, str, str | None, float] | None = None,
     ) -> bool:
         """One label into the calibration statistics of its segment and the global scope,
         tested against the calibrator serving the scope now; whether it is a holdout event
-        (the policy, which owns the split, is handed the flag instead of hashing again)."""
+        (the policy, which owns the split, is handed the flag instead of hashing again).
+        ``serving``: ``(z, seg_key, served, p)`` of the event when the caller has them."""
         imp = fb.impression
         y = fb.label
         # Decay by impression time, not label time: a cohort's positives mature a window
         # before its negatives, and weighting them by label time would tilt every bin
         # toward the negatives.
         ts = imp.ts
-        z = clamp_logit(imp.logit)
-        seg_key = SEGMENT_PREFIX + imp.segment
-        served = model.served_scope(seg_key)
-        p = model.serve_for(served)(imp.score, z)
+        if serving is None:
+            z = clamp_logit(imp.logit)
+            seg_key = SEGMENT_PREFIX + imp.segment
+            served = model.served_scope(seg_key)
+            p = model.serve_for(served)(imp.score, z)
+        else:
+            z, seg_key, served, p = serving
         holdout = self._policy.is_holdout(imp.impression_id)
         code = model.code(seg_key)
         model_id = imp.model_id
@@ -526,7 +534,8 @@ class FeedbackStage:
         base = scope.base_rate
         cusum_alarm = cusum.update(p, y)
         base_alarm = base.update(p, y)
-        scope.calib.update(p, y, ts)
+        # ``cusum.update`` has validated ``p`` and ``y``; ``ts`` is the impression's.
+        scope.calib.count_trusted(p, y, ts)
         if qhat is not None:
             scope.add_coverage(p, y, qhat, ts)
         events: list[dict[str, Any]] = []

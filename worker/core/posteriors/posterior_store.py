@@ -342,8 +342,10 @@ class PosteriorStore:
         # Priors are taken before this event enters the rates: the user's own event must not
         # also be counted as prior evidence.
         user = self._users.get(uid)
+        seg_rate: float | None = None
         if user is None:
-            user = _User(seg, self._prior(self.segment_rate(seg, None, ts), self._tier_strength))
+            seg_rate = self.segment_rate(seg, None, ts)
+            user = _User(seg, self._prior(seg_rate, self._tier_strength))
             self._users[uid] = user
         else:
             self._users.move_to_end(uid)
@@ -351,7 +353,11 @@ class PosteriorStore:
         if arm is not None:
             pair = user.arms.get(arm)
             if pair is None and len(user.arms) < self._max_arms:
-                pair = user.arms[arm] = self._prior(self.segment_rate(seg, arm, ts))
+                # A new user's segment rate was just read (nothing was counted since):
+                # ``segment_rate(seg, arm, ts)`` shrinks toward it, no need to read it again.
+                rate = (self.segment_rate(seg, arm, ts) if seg_rate is None else
+                        self._shrunk(self._segment_arms.get((seg, arm)), seg_rate, ts))
+                pair = user.arms[arm] = self._prior(rate)
             if pair is not None:
                 pair.count(y, ts)
                 self._mark(uid, arm)
