@@ -317,7 +317,9 @@ class FeedbackStage:
         ts = fb.label_ts
         if ts > self._max_ts:
             self._max_ts = ts
-        model = self._model(model_id)
+        model = self._models.get(model_id)
+        if model is None:
+            model = self._model(model_id)
         z = clamp_logit(imp.logit)
         seg_key = SEGMENT_PREFIX + imp.segment
         served = model.served_scope(seg_key)
@@ -347,7 +349,9 @@ class FeedbackStage:
         for event in self._store.observe(imp.user_id, imp.arm, imp.segment, y, ts, uncertain):
             out.tier_changes.append({"type": "tier_change", **event})
 
-        self._publish(model, self._policy.ingest(fb, released, created_at, holdout), out)
+        msgs = self._policy.ingest(fb, released, created_at, holdout)
+        if msgs:
+            self._publish(model, msgs, out)
         if refit and self._alerts.state("feedback_stall", model_id, GLOBAL) == "firing":
             # Labels are missing their clicks: a refit would learn the broken pipeline.
             refit = []
@@ -387,9 +391,13 @@ class FeedbackStage:
         else:
             z, seg_key, served, p = serving
         holdout = self._policy.is_holdout(imp.impression_id)
-        code = model.code(seg_key)
+        code = model.seg_codes.get(seg_key)
+        if code is None:
+            code = model.code(seg_key)
         model_id = imp.model_id
-        seg = model.scope(seg_key, self._cfg)
+        seg = model.scopes.get(seg_key)
+        if seg is None:
+            seg = model.scope(seg_key, self._cfg)
         if seg is not None:
             qhat = None if served is None else model.qhat.get(served)
             self._labelled(model_id, seg_key, seg, p, y, ts, alert_ts, qhat, created_at, out,
@@ -538,8 +546,10 @@ class FeedbackStage:
         scope.calib.count_trusted(p, y, ts)
         if qhat is not None:
             scope.add_coverage(p, y, qhat, ts)
-        events: list[dict[str, Any]] = []
         periodic = n % self._cfg.check_every == 0
+        if not (cusum_alarm or base_alarm or periodic):
+            return  # nothing to observe (most events)
+        events: list[dict[str, Any]] = []
         if cusum_alarm:
             scope.cusum_alarm_n = n
             scope.directions["calibration_drift"] = cusum.direction

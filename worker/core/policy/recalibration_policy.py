@@ -346,6 +346,10 @@ class RecalibrationPolicy:
         Nothing is re-validated: the decoder has."""
         model = self._model(fb.impression.model_id)
         model.watermark = max(model.watermark, int(fb.impression.ts), int(fb.label_ts))
+        if len(released) == 1:
+            # The common case (one label, released at once): no list to merge into.
+            return self._ingest(model, released[0], created_at,
+                                None if holdout is None else holdout[0])
         out: list[dict[str, Any]] = []
         for i, event in enumerate(released):
             out += self._ingest(model, event, created_at,
@@ -377,19 +381,23 @@ class RecalibrationPolicy:
         model.scopes[GLOBAL].add(z, y, ts, seq, holdout, model.seg_codes[seg_key], sketch=False)
 
         user_key = (imp.model_id, imp.user_id)
-        buf = self._users.get(user_key)
+        users = self._users
+        buf = users.get(user_key)
         if buf is None:
-            buf = self._users[user_key] = UserBuffer(cfg.user_buffer, imp.segment)
+            buf = users[user_key] = UserBuffer(cfg.user_buffer, imp.segment)
         else:
-            self._users.move_to_end(user_key)
+            users.move_to_end(user_key)
         buf.append(z, y, ts, holdout, seq, imp.segment)
         self._expire_users()
 
-        out: list[dict[str, Any]] = []
         model.since_refit += 1
         g = model.scopes[GLOBAL]
         young = g.refine_at is not None and g.n_events >= g.refine_at
-        if model.since_refit >= cfg.recalibrate_every or young:
+        refit = model.since_refit >= cfg.recalibrate_every or young
+        if not refit and buf.since_check < cfg.user_check_every:
+            return []  # the common case: nothing is due
+        out: list[dict[str, Any]] = []
+        if refit:
             model.since_refit = 0
             if young:
                 g.refine_at = None  # once; a publication arms the next one

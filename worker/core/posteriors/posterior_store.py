@@ -368,7 +368,8 @@ class PosteriorStore:
                 pop.count(y, ts)
                 self._mark(POPULATION, arm)
         user.pooled.count(y, ts)
-        user.last_ts = max(user.last_ts, ts)
+        if ts > user.last_ts:
+            user.last_ts = ts
 
         self._global.count(y, ts)
         seg_counts = self._segments.get(seg)
@@ -389,7 +390,8 @@ class PosteriorStore:
             user.share = min(max(user.share, 0.0), 1.0)
 
         events = self._retier(uid, user, ts)
-        self._evict_over_cap()
+        if len(self._users) > self._max_users:
+            self._evict_over_cap()
         return events
 
     def _mark(self, uid: str, arm: str) -> None:
@@ -398,7 +400,8 @@ class PosteriorStore:
     def _spread(self, post: BetaPosterior, ts: int | None = None) -> float:
         """The tier ``cv`` of ``post``'s evidence read at ``ts`` (class docstring), prior mean
         ``m0``; ``counts_at`` reads the decayed counts without copying the posterior."""
-        m0 = post.prior_alpha / (post.prior_alpha + post.prior_beta)
+        a0 = post.prior_alpha
+        m0 = a0 / (a0 + post.prior_beta)
         s, f = post.counts_at(ts)
         a = m0 * self._tier_strength + s
         b = (1.0 - m0) * self._tier_strength + f
