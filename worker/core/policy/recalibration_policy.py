@@ -344,8 +344,12 @@ class RecalibrationPolicy:
         model's watermark; ``released`` are the events the caller's gate released for it,
         and ``holdout`` their ``is_holdout`` flags when the caller has them already.
         Nothing is re-validated: the decoder has."""
-        model = self._model(fb.impression.model_id)
-        model.watermark = max(model.watermark, int(fb.impression.ts), int(fb.label_ts))
+        imp = fb.impression
+        model = self._model(imp.model_id)
+        # max(watermark, ts, label_ts) as comparisons (the decoder and the join give ints).
+        ts = imp.ts if imp.ts > fb.label_ts else fb.label_ts
+        if ts > model.watermark:
+            model.watermark = ts
         if len(released) == 1:
             # The common case (one label, released at once): no list to merge into.
             return self._ingest(model, released[0], created_at,

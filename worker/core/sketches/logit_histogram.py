@@ -299,8 +299,11 @@ class LogitHistogram:
         self._ref_ts = new_ref
 
     def _note_events(self, t_min: int, t_max: int, n: int, positives: int) -> None:
-        self._min_ts = t_min if self._min_ts is None else min(self._min_ts, t_min)
-        self._max_ts = t_max if self._max_ts is None else max(self._max_ts, t_max)
+        # Comparisons, not min/max: this runs for every event of the policy's sketches.
+        if self._min_ts is None or t_min < self._min_ts:
+            self._min_ts = t_min
+        if self._max_ts is None or t_max > self._max_ts:
+            self._max_ts = t_max
         self._n_events += n
         self._n_positives += positives
 
