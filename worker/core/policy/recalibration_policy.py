@@ -371,9 +371,11 @@ class RecalibrationPolicy:
     ) -> list[dict[str, Any]]:
         imp = fb.impression
         cfg = self._cfg
-        z = clamp_logit(float(imp.logit))
-        y = int(fb.label)
-        ts = int(imp.ts)
+        # The decoder and the join give a float logit and int label and time: no int() (a
+        # slow call on this interpreter) on the per-event path.
+        z = clamp_logit(imp.logit)
+        y = fb.label
+        ts = imp.ts
         seq = model.seq
         model.seq += 1
         if holdout is None:
