@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy import stats
 
 from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.posteriors import _checks
@@ -286,10 +287,6 @@ class BetaPosterior:
         qa = np.asarray(q, dtype=np.float64)
         if not (np.isfinite(qa).all() and (qa >= 0).all() and (qa <= 1).all()):
             raise InvalidInputError("schema", f"q must be in [0, 1]; got {q!r}")
-        # Imported here: scipy.stats takes about half a second to import, a visible share of
-        # a short ``recal replay``, and nothing on the pipeline's path reads a quantile.
-        from scipy import stats
-
         out: NDArray[np.float64] = stats.beta.ppf(qa, self.alpha, self.beta)
         return float(out) if out.ndim == 0 else out
 
