@@ -248,6 +248,10 @@ class RecalibrationPolicy:
         # re-absorbing the key block each time.
         self._holdout_hash = hashlib.blake2b(digest_size=8, key=config.holdout_salt.encode())
         self._threshold = int(config.holdout_fraction * 2**64)
+        # The same test on the 8-byte big-endian digest as bytes: equal-length bytes compare
+        # like the unsigned integers they encode, without an int.from_bytes per event (about
+        # 0.4 µs here). holdout_fraction < 1, so the threshold fits in 8 bytes.
+        self._threshold_bytes = self._threshold.to_bytes(8, "big")
         self._models: dict[str, _Model] = {}
         # LRU over (model_id, user_id): least recently updated first.
         self._users: OrderedDict[tuple[str, str], UserBuffer] = OrderedDict()
@@ -263,7 +267,7 @@ class RecalibrationPolicy:
         """Whether the event of ``impression_id`` is kept for scoring (deterministic)."""
         hasher = self._holdout_hash.copy()
         hasher.update(impression_id.encode())
-        return int.from_bytes(hasher.digest(), "big") < self._threshold
+        return hasher.digest() < self._threshold_bytes
 
     def models(self) -> list[str]:
         """Model ids seen, sorted."""
