@@ -34,6 +34,7 @@ from worker.core.errors import InvalidInputError
 from worker.core.pipeline import InputBatch, Outputs, Pipeline, PipelineConfig
 from worker.core.records.dead_letter import make_dead_letter, unpack_ref
 from worker.core.records.impression import Impression
+from worker.gc_tuning import rare_collections
 
 OUTPUT_FILES = (
     "feedback.jsonl",
@@ -186,7 +187,6 @@ class Replay:
 
 _BOM = b"\xef\xbb\xbf"
 
-
 def _key_of(raw: bytes) -> str | None:
     """Best-effort user_id of a rejected line, for the dead letter's key."""
     try:
@@ -242,7 +242,7 @@ def run_replay(
         with (
             open(events, "rb", buffering=1 << 20) if isinstance(events, Path)
             else contextlib.nullcontext(events)
-        ) as handle:
+        ) as handle, rare_collections():
             for line_no, line in enumerate(handle):
                 read_bytes += len(line)
                 if line_no == 0 and line.startswith(_BOM):
@@ -254,7 +254,7 @@ def run_replay(
                 replay.process_line(line.rstrip(b"\r\n"), line_no)
                 if (line_no & 0x3FFF) == 0:
                     meter.show(read_bytes, line_no + 1)
-        summary = replay.finish()
+            summary = replay.finish()
     finally:
         outputs.close()
     summary.wall_seconds = time.perf_counter() - started

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(settings: Settings) -> int:
+    from worker.gc_tuning import tune_for_worker
     from worker.runtime.group_worker import GroupWorker
     from worker.runtime.web import start_web
 
@@ -58,6 +59,8 @@ async def _main(settings: Settings) -> int:
         names.state, plan.partitions, plan.replication_factor,
     )
     worker = GroupWorker(settings, plan)
+    # Last before the loop: imports and settings are frozen out of the collector's scans.
+    tune_for_worker()
     runner, port = await start_web(worker, settings.web_host, settings.web_port)
     log.info(
         "recal worker %s: %s partitions; web on http://%s:%s (/healthz /readyz /metrics)",

@@ -28,6 +28,7 @@ _LO = -14.0
 _HI = 14.0
 _BINS_PER_UNIT = 50.0
 _N_BINS = int((_HI - _LO) * _BINS_PER_UNIT)
+_floor = math.floor
 
 
 def _bad_logit(z: object) -> InvalidInputError:
@@ -161,7 +162,8 @@ class ScoreShift(CusumReadout):
         """Account for one event's model logit; True when it raised an alarm."""
         if not -math.inf < z < math.inf:  # NaN fails too
             raise _bad_logit(z)
-        idx = int((z - _LO) * _BINS_PER_UNIT) if z > _LO else 0
+        # floor() equals int() on the positive value, and is a cheaper call.
+        idx = _floor((z - _LO) * _BINS_PER_UNIT) if z > _LO else 0
         if idx >= _N_BINS:
             idx = _N_BINS - 1
         mid = self._mid

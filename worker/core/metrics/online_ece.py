@@ -164,17 +164,23 @@ class OnlineCalibration:
             raise InvalidInputError(
                 "schema", f"weight must be a finite number >= 0; got {weight!r}"
             )
-        if ts is not None:
-            if not -math.inf < ts < math.inf:
-                raise InvalidInputError("schema", f"ts must be a finite number; got {ts!r}")
-            if self._max_ts is None or ts > self._max_ts:
-                self._max_ts = ts
+        if ts is not None and not -math.inf < ts < math.inf:
+            raise InvalidInputError("schema", f"ts must be a finite number; got {ts!r}")
+        if ts is None and self._half_life is not None:
+            raise InvalidInputError(
+                "schema", "ts is required when half_life_ms is set; got None"
+            )
+        self.count_trusted(p, y, ts, weight)
+
+    def count_trusted(self, p: float, y: int, ts: float | None, weight: float = 1.0) -> None:
+        """``update`` for values the caller has validated (``p`` in [0, 1], ``y`` 0 or 1, a
+        finite ``ts``, given when decaying; a finite ``weight >= 0``): the feedback stage's
+        per-event path, whose CUSUM has just checked the same ``p`` and ``y``."""
+        if ts is not None and (self._max_ts is None or ts > self._max_ts):
+            self._max_ts = ts
         hl = self._half_life
         if hl is not None:
-            if ts is None:
-                raise InvalidInputError(
-                    "schema", "ts is required when half_life_ms is set; got None"
-                )
+            assert ts is not None
             # _decay_factor inlined: this is the per-event hot path.
             anchor = self._anchor
             if anchor is None:

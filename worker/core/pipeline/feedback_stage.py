@@ -328,7 +328,9 @@ class FeedbackStage:
         ts = fb.label_ts
         if ts > self._max_ts:
             self._max_ts = ts
-        model = self._model(model_id)
+        model = self._models.get(model_id)
+        if model is None:
+            model = self._model(model_id)
         z = clamp_logit(imp.logit)
         seg_key = SEGMENT_PREFIX + imp.segment
         served = model.served_scope(seg_key)
@@ -342,7 +344,10 @@ class FeedbackStage:
         # statistics take complete impression cohorts only (``CohortGate``), and the policy
         # fits on exactly the events the gate releases here.
         released = model.gate.offer(fb)
-        holdout = [self._detect(model, cohort_event, ts, created_at, out, refit)
+        # ``fb`` itself, when released, is served what was just computed for it: nothing is
+        # published before the policy's ingest below.
+        holdout = [self._detect(model, cohort_event, ts, created_at, out, refit,
+                                (z, seg_key, served, p) if cohort_event is fb else None)
                    for cohort_event in released]
 
         # Counts that do not depend on label order: the stall and late-click detectors (at
@@ -355,7 +360,9 @@ class FeedbackStage:
         for event in self._store.observe(imp.user_id, imp.arm, imp.segment, y, ts, uncertain):
             out.tier_changes.append({"type": "tier_change", **event})
 
-        self._publish(model, self._policy.ingest(fb, released, created_at, holdout), out)
+        msgs = self._policy.ingest(fb, released, created_at, holdout)
+        if msgs:
+            self._publish(model, msgs, out)
         if refit and self._alerts.state("feedback_stall", model_id, GLOBAL) == "firing":
             # Labels are missing their clicks: a refit would learn the broken pipeline.
             refit = []
@@ -375,24 +382,33 @@ class FeedbackStage:
         created_at: str,
         out: Outputs,
         refit: list[str],
+        serving: tuple[float, str, str | None, float] | None = None,
     ) -> bool:
         """One label into the calibration statistics of its segment and the global scope,
         tested against the calibrator serving the scope now; whether it is a holdout event
-        (the policy, which owns the split, is handed the flag instead of hashing again)."""
+        (the policy, which owns the split, is handed the flag instead of hashing again).
+        ``serving``: ``(z, seg_key, served, p)`` of the event when the caller has them."""
         imp = fb.impression
         y = fb.label
         # Decay by impression time, not label time: a cohort's positives mature a window
         # before its negatives, and weighting them by label time would tilt every bin
         # toward the negatives.
         ts = imp.ts
-        z = clamp_logit(imp.logit)
-        seg_key = SEGMENT_PREFIX + imp.segment
-        served = model.served_scope(seg_key)
-        p = model.serve_for(served)(imp.score, z)
+        if serving is None:
+            z = clamp_logit(imp.logit)
+            seg_key = SEGMENT_PREFIX + imp.segment
+            served = model.served_scope(seg_key)
+            p = model.serve_for(served)(imp.score, z)
+        else:
+            z, seg_key, served, p = serving
         holdout = self._policy.is_holdout(imp.impression_id)
-        code = model.code(seg_key)
+        code = model.seg_codes.get(seg_key)
+        if code is None:
+            code = model.code(seg_key)
         model_id = imp.model_id
-        seg = model.scope(seg_key, self._cfg)
+        seg = model.scopes.get(seg_key)
+        if seg is None:
+            seg = model.scope(seg_key, self._cfg)
         if seg is not None:
             qhat = None if served is None else model.qhat.get(served)
             self._labelled(model_id, seg_key, seg, p, y, ts, alert_ts, qhat, created_at, out,
@@ -537,11 +553,14 @@ class FeedbackStage:
         base = scope.base_rate
         cusum_alarm = cusum.update(p, y)
         base_alarm = base.update(p, y)
-        scope.calib.update(p, y, ts)
+        # ``cusum.update`` has validated ``p`` and ``y``; ``ts`` is the impression's.
+        scope.calib.count_trusted(p, y, ts)
         if qhat is not None:
             scope.add_coverage(p, y, qhat, ts)
-        events: list[dict[str, Any]] = []
         periodic = n % self._cfg.check_every == 0
+        if not (cusum_alarm or base_alarm or periodic):
+            return  # nothing to observe (most events)
+        events: list[dict[str, Any]] = []
         if cusum_alarm:
             scope.cusum_alarm_n = n
             scope.directions["calibration_drift"] = cusum.direction

@@ -84,7 +84,8 @@ class ScopeState:
         else:
             self.train.append(z, y, ts, seq, seg)
             if sketch:
-                self.sketch.update(z, y, ts)
+                # Trusted: the policy hands in a clamped float logit, an int label and time.
+                self.sketch.count_trusted(z, y, ts)
 
     def restart(self, seq: int, half_life_ms: float | None) -> None:
         """Start a new regime at ``seq``: drop older events, rebuild the sketch from the

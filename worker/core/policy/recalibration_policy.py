@@ -255,6 +255,10 @@ class RecalibrationPolicy:
         # re-absorbing the key block each time.
         self._holdout_hash = hashlib.blake2b(digest_size=8, key=config.holdout_salt.encode())
         self._threshold = int(config.holdout_fraction * 2**64)
+        # The same test on the 8-byte big-endian digest as bytes: equal-length bytes compare
+        # like the unsigned integers they encode, without an int.from_bytes per event (about
+        # 0.4 µs here). holdout_fraction < 1, so the threshold fits in 8 bytes.
+        self._threshold_bytes = self._threshold.to_bytes(8, "big")
         self._reset()
 
     def _reset(self) -> None:
@@ -279,7 +283,7 @@ class RecalibrationPolicy:
         """Whether the event of ``impression_id`` is kept for scoring (deterministic)."""
         hasher = self._holdout_hash.copy()
         hasher.update(impression_id.encode())
-        return int.from_bytes(hasher.digest(), "big") < self._threshold
+        return hasher.digest() < self._threshold_bytes
 
     def models(self) -> list[str]:
         """Model ids seen, sorted."""
@@ -360,8 +364,16 @@ class RecalibrationPolicy:
         model's watermark; ``released`` are the events the caller's gate released for it,
         and ``holdout`` their ``is_holdout`` flags when the caller has them already.
         Nothing is re-validated: the decoder has."""
-        model = self._model(fb.impression.model_id)
-        model.watermark = max(model.watermark, int(fb.impression.ts), int(fb.label_ts))
+        imp = fb.impression
+        model = self._model(imp.model_id)
+        # max(watermark, ts, label_ts) as comparisons (the decoder and the join give ints).
+        ts = imp.ts if imp.ts > fb.label_ts else fb.label_ts
+        if ts > model.watermark:
+            model.watermark = ts
+        if len(released) == 1:
+            # The common case (one label, released at once): no list to merge into.
+            return self._ingest(model, released[0], created_at,
+                                None if holdout is None else holdout[0])
         out: list[dict[str, Any]] = []
         for i, event in enumerate(released):
             out += self._ingest(model, event, created_at,
@@ -379,9 +391,11 @@ class RecalibrationPolicy:
     ) -> list[dict[str, Any]]:
         imp = fb.impression
         cfg = self._cfg
-        z = clamp_logit(float(imp.logit))
-        y = int(fb.label)
-        ts = int(imp.ts)
+        # The decoder and the join give a float logit and int label and time: no int() (a
+        # slow call on this interpreter) on the per-event path.
+        z = clamp_logit(imp.logit)
+        y = fb.label
+        ts = imp.ts
         seq = model.seq
         model.seq += 1
         if holdout is None:
@@ -393,22 +407,26 @@ class RecalibrationPolicy:
         model.scopes[GLOBAL].add(z, y, ts, seq, holdout, model.seg_codes[seg_key], sketch=False)
 
         user_key = (imp.model_id, imp.user_id)
-        buf = self._users.get(user_key)
+        users = self._users
+        buf = users.get(user_key)
         if buf is None:
-            buf = self._users[user_key] = UserBuffer(cfg.user_buffer, imp.segment)
+            buf = users[user_key] = UserBuffer(cfg.user_buffer, imp.segment)
         else:
-            self._users.move_to_end(user_key)
+            users.move_to_end(user_key)
         buf.touch = self._ticks
         self._ticks += 1
         self._changed_users.add(imp.user_id)
         buf.append(z, y, ts, holdout, seq, imp.segment)
         self._expire_users()
 
-        out: list[dict[str, Any]] = []
         model.since_refit += 1
         g = model.scopes[GLOBAL]
         young = g.refine_at is not None and g.n_events >= g.refine_at
-        if model.since_refit >= cfg.recalibrate_every or young:
+        refit = model.since_refit >= cfg.recalibrate_every or young
+        if not refit and buf.since_check < cfg.user_check_every:
+            return []  # the common case: nothing is due
+        out: list[dict[str, Any]] = []
+        if refit:
             model.since_refit = 0
             if young:
                 g.refine_at = None  # once; a publication arms the next one

@@ -184,7 +184,15 @@ class BetaPosterior:
     def count(self, label: int, ts: int) -> None:
         """``update(label, ts=ts)`` for values already validated (the decoder is the only
         validator on the hot path): a label of 0 or 1 and an integer event time."""
-        w = self._advance(ts)
+        if self._half_life is None:
+            # ``_advance`` without discounting, inlined (the store counts six posteriors per
+            # event): the weight is 1 and only the newest time moves.
+            last = self._last_ts
+            if last is None or ts > last:
+                self._last_ts = ts
+            w = 1.0
+        else:
+            w = self._advance(ts)
         if label:
             self._successes += w
         else:

@@ -196,19 +196,25 @@ class LogitHistogram:
         t = _check_ts(ts)
         if not (_is_finite_number(weight) and weight > 0):
             raise InvalidInputError("schema", f"weight must be a finite number > 0; got {weight!r}")
-        self._advance_reference(t)
+        self.count_trusted(z, y, t, float(weight))
+
+    def count_trusted(self, z: float, y: int, ts: int, weight: float = 1.0) -> None:
+        """``update`` for values the caller validated: a finite float logit, a 0/1 int label,
+        an int event time and a float weight > 0 (the policy's per-event path, where the
+        decoder has checked them; the checks cost as much as the update)."""
+        self._advance_reference(ts)
         factor = 1.0
         if self._half_life is not None:
             assert self._ref_ts is not None
-            factor = 2.0 ** ((t - self._ref_ts) / self._half_life)
-        fw = factor * float(weight)
+            factor = 2.0 ** ((ts - self._ref_ts) / self._half_life)
+        fw = factor * weight
         i = bisect.bisect_left(self._edges_list, z)
         self._weight[i] += fw
         if y:
             self._positives[i] += fw
         self._sum_p[i] += fw * sigmoid(z)
         self._sum_z[i] += fw * z
-        self._note_events(t, t, 1, y)
+        self._note_events(ts, ts, 1, y)
 
     def update_many(
         self,
@@ -293,8 +299,11 @@ class LogitHistogram:
         self._ref_ts = new_ref
 
     def _note_events(self, t_min: int, t_max: int, n: int, positives: int) -> None:
-        self._min_ts = t_min if self._min_ts is None else min(self._min_ts, t_min)
-        self._max_ts = t_max if self._max_ts is None else max(self._max_ts, t_max)
+        # Comparisons, not min/max: this runs for every event of the policy's sketches.
+        if self._min_ts is None or t_min < self._min_ts:
+            self._min_ts = t_min
+        if self._max_ts is None or t_max > self._max_ts:
+            self._max_ts = t_max
         self._n_events += n
         self._n_positives += positives
 
