@@ -459,13 +459,17 @@ async def count_committed(bootstrap: str, topic: str, partitions: int) -> int:
 
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, isolation_level="read_committed")
+                                enable_auto_commit=False, isolation_level="read_committed",
+                                auto_offset_reset="earliest")
     await consumer.start()
     n = 0
     try:
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
+        # Explicit seeks: seek_to_beginning right after assign() can lose the race with the
+        # assignment's own offset reset.
+        for tp, start in (await consumer.beginning_offsets(tps)).items():
+            consumer.seek(tp, start)
         while any([await consumer.position(tp) < ends[tp] for tp in tps]):
             batches = await consumer.getmany(timeout_ms=2_000, max_records=50_000)
             n += sum(len(records) for records in batches.values())
@@ -480,13 +484,15 @@ async def dlq_reasons(bootstrap: str, topic: str, partitions: int) -> dict[str, 
 
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, isolation_level="read_committed")
+                                enable_auto_commit=False, isolation_level="read_committed",
+                                auto_offset_reset="earliest")
     await consumer.start()
     reasons: dict[str, int] = {}
     try:
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
+        for tp, start in (await consumer.beginning_offsets(tps)).items():
+            consumer.seek(tp, start)
         left = sum(ends.values())
         while left > 0:
             batches = await consumer.getmany(timeout_ms=2_000, max_records=10_000)

@@ -163,6 +163,7 @@ class GroupWorker:
             group_id=None,
             client_id=f"{s.app_id}-restore",
             enable_auto_commit=False,
+            auto_offset_reset="earliest",
             max_partition_fetch_bytes=STATE_MAX_MESSAGE_BYTES,
             fetch_max_bytes=64 << 20,
             isolation_level="read_committed",
@@ -437,8 +438,8 @@ class GroupWorker:
         self._seeks[partition] += 1
         for source, tp in zip(INPUT_SOURCES, tps, strict=True):
             committed = await consumer.committed(tp)
-            if committed is None:
-                await consumer.seek_to_beginning(tp)
+            if committed is None:  # a new group: from the beginning (explicitly, see above)
+                consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
             else:
                 consumer.seek(tp, committed)
             task.expect(source, await consumer.position(tp))
@@ -461,7 +462,10 @@ class GroupWorker:
         restorer = self._restorer
         tp = TopicPartition(self.names.state, partition)
         restorer.assign([tp])
-        await restorer.seek_to_beginning(tp)
+        # An explicit seek: seek_to_beginning right after assign() can lose the race with the
+        # assignment's own offset reset and leave the position at the end (nothing restored).
+        start = (await restorer.beginning_offsets([tp]))[tp]
+        restorer.seek(tp, start)
         end = (await restorer.end_offsets([tp]))[tp]
         records: dict[str, Any] = {}
         last_log = time.monotonic()
