@@ -14,13 +14,17 @@ first (``init_transactions`` aborts or completes the previous owner's open trans
 fences it: a zombie's next commit fails), then reads the committed offsets and the state —
 so it starts from exactly the last committed transaction. (aiokafka's
 ``send_offsets_to_transaction`` carries no group generation, so per-worker producers could
-not fence a zombie; per-partition ids can.)
+not fence a zombie; per-partition ids can.) A fenced member gives the partition up and
+rejoins the group; it never takes the partition back by starting a producer itself (that
+would fence the new owner).
 
 **Rebalances.** The assignment is range-based, so partition p of both input topics goes to
 the same member. When a revoke begins, the loop is not inside a step (one lock guards both);
 the revoked partitions' pending transactions are committed, then their tasks and producers
 are dropped: nothing is processed for a partition once its revoke has begun. Messages still
-waiting in the merger were never committed and are read again by the next owner.
+waiting in the merger were never committed and are read again by the next owner. Assigned
+partitions are adopted (producer, restore) by the loop, one per turn, not in the assignment
+callback: aiokafka sends no heartbeat until that callback returns.
 
 **Idle inputs.** The merger waits for the other topic only while that topic-partition has
 unread messages. That is asked of the broker: the consumer's position against an end offset
@@ -98,6 +102,14 @@ class GroupWorker:
         # Partition -> the input offsets (by source) up to which it runs one message per step.
         self._careful: dict[int, dict[str, int]] = {}
         self._lock = asyncio.Lock()
+        # The restore consumer reads one partition's changelog at a time (``assign``
+        # replaces its assignment): restores that may run concurrently (failed commits of
+        # several partitions in one round) take turns.
+        self._restore_lock = asyncio.Lock()
+        # Partitions assigned by the group but not yet adopted (restored): adopted by the
+        # loop, one per turn, not inside aiokafka's assignment callback, during which the
+        # member sends no heartbeats (a long restore there cost it its membership).
+        self._to_adopt: set[int] = set()
         self._stop = asyncio.Event()
         self._consumer: Any = None
         self._restorer: Any = None
@@ -197,6 +209,8 @@ class GroupWorker:
             seeks = dict(self._seeks)
             probes = await self._probe_inputs()
             async with self._lock:
+                if self._to_adopt:
+                    await self._adopt_next()
                 wall = now_ms()
                 for tp, messages in batches.items():
                     task = self._tasks.get(tp.partition)
@@ -260,7 +274,14 @@ class GroupWorker:
             "partition %s: step failed (%s); rebuilding it from its last committed "
             "transaction\n%s", partition, text, "".join(traceback.format_exception(exc)),
         )
-        await self._restore(partition)
+        # A new producer first: its init_transactions waits until this partition's last
+        # commit is fully written (markers included), so the restore below reads the state
+        # and the committed offsets of the same transaction.
+        producer = self._producers.pop(partition, None)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+        await self._adopt(partition)
 
     # ------------------------------------------------------------------ idle / backlog
 
@@ -309,7 +330,7 @@ class GroupWorker:
 
     async def _commit_one(self, partition: int) -> None:
         from aiokafka import TopicPartition
-        from aiokafka.errors import KafkaError
+        from aiokafka.errors import KafkaError, ProducerFenced
 
         task = self._tasks[partition]
         txn = task.take_transaction()
@@ -334,6 +355,21 @@ class GroupWorker:
             await producer.commit_transaction()
         except KafkaError as exc:
             self.metrics.transactions.labels(result="aborted").inc()
+            if isinstance(exc, ProducerFenced):
+                # A newer producer holds the partition's transactional id: its new owner,
+                # after a rebalance this member has not seen yet (e.g. it was paused past
+                # the session timeout). Starting a producer again would fence that owner:
+                # give the partition up and rejoin; if it is still ours, the new
+                # assignment adopts it again from its last committed transaction.
+                log.error(
+                    "partition %s: transaction fenced (%s); the partition is given up and "
+                    "the group rejoined", partition, exc,
+                )
+                await self._drop(partition)
+                with contextlib.suppress(Exception):
+                    self._consumer.pause(*self._input_tps(partition))
+                self._consumer._coordinator.request_rejoin()
+                return
             failures = self._commit_failures[partition] = self._commit_failures[partition] + 1
             if failures >= MAX_COMMIT_FAILURES:
                 raise RuntimeError(
@@ -363,6 +399,7 @@ class GroupWorker:
         async with self._lock:
             self._assigned = False
             self.metrics.ready.set(0)
+            self._to_adopt -= partitions
             mine = sorted(p for p in partitions if p in self._tasks)
             if mine:
                 await self._commit(mine)
@@ -376,14 +413,34 @@ class GroupWorker:
         self._consumer.pause(*tps)
         async with self._lock:
             self.metrics.rebalances.inc()
-            for partition in sorted(partitions):
-                if partition not in self._tasks:
-                    await self._adopt(partition)
+            # Adopted by the loop (``_adopt_next``): aiokafka sends no heartbeat until this
+            # callback returns, and restoring may take longer than the session timeout.
+            self._to_adopt = {p for p in partitions if p not in self._tasks}
             # Partitions kept across the rebalance (not revoked) just go on.
             self._consumer.resume(*(tp for tp in tps if tp.partition in self._tasks))
-            self._assigned = True
-            self.metrics.ready.set(1)
-            log.info("assigned partitions %s", sorted(partitions))
+            log.info("partitions %s given by the group; restoring %s", sorted(partitions),
+                     sorted(self._to_adopt))
+            if not self._to_adopt:
+                self._ready()
+
+    async def _adopt_next(self) -> None:
+        """Adopt one partition assigned by the group (the loop calls this each turn)."""
+        partition = min(self._to_adopt)
+        await self._adopt(partition)
+        self._to_adopt.discard(partition)
+        if not self._to_adopt:
+            self._ready()
+
+    def _ready(self) -> None:
+        self._assigned = True
+        self.metrics.ready.set(1)
+        log.info("assigned partitions %s", sorted(self._tasks))
+
+    def _input_tps(self, partition: int) -> list[Any]:
+        from aiokafka import TopicPartition
+
+        return [TopicPartition(self.names.input_topic(source), partition)
+                for source in INPUT_SOURCES]
 
     async def _adopt(self, partition: int) -> None:
         """Become the owner of ``partition``: fence the previous owner, then restore."""
@@ -456,11 +513,16 @@ class GroupWorker:
 
     async def _read_changelog(self, partition: int) -> dict[str, Any]:
         """The latest record per key of the partition's changelog (committed data only)."""
-        import orjson
         from aiokafka import TopicPartition
 
+        async with self._restore_lock:
+            return await self._read_changelog_locked(TopicPartition(self.names.state, partition))
+
+    async def _read_changelog_locked(self, tp: Any) -> dict[str, Any]:
+        import orjson
+
+        partition = tp.partition
         restorer = self._restorer
-        tp = TopicPartition(self.names.state, partition)
         restorer.assign([tp])
         # An explicit seek: seek_to_beginning right after assign() can lose the race with the
         # assignment's own offset reset and leave the position at the end (nothing restored).
