@@ -5,10 +5,10 @@ COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY schemas ./schemas
 RUN pip install --no-cache-dir .
-# Non-root: the worker needs no privileges, only its state directory.
-RUN useradd --create-home recal && mkdir -p /data && chown recal /data
+# Non-root: the worker needs no privileges and no local disk (its state is in Kafka).
+RUN useradd --create-home recal
 USER recal
-ENV RECAL_DATA_DIR=/data RECAL_WEB_HOST=0.0.0.0
+ENV RECAL_WEB_HOST=0.0.0.0
 EXPOSE 6066
 ENTRYPOINT ["recal"]
 CMD ["worker"]
