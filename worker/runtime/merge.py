@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from worker.core.errors import InvalidInputError
 from worker.core.records.click import Click
@@ -48,7 +47,6 @@ def _unknown(_source: str) -> bool | None:
 class InputEvent:
     """One input message as the runtime received it, and what decoding made of it.
 
-    ``handle`` is opaque here (a runtime may keep its own reference to the message in it).
     ``received_ms`` is the wall clock at arrival.
     """
 
@@ -59,7 +57,6 @@ class InputEvent:
     key: bytes | None
     raw: bytes
     received_ms: int
-    handle: Any = None
     decoded: Impression | Click | None = None
     error: InvalidInputError | None = None
 

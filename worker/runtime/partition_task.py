@@ -90,9 +90,7 @@ class PartitionTask:
     ...                      allowed_lateness_ms=0)), names, InputDecoder())
     >>> imp = b'{"impression_id":"i1","user_id":"u1","item_id":"x","ts":100,"score":0.2}'
     >>> task.offer("impressions", 5, b"u1", imp, received_ms=0)
-    True
     >>> task.offer("clicks", 9, b"u1", b'{"impression_id":"i1","user_id":"u1","ts":400}', 0)
-    True
     >>> task.step(wall_ms=0, backlog=lambda source: False)
     >>> txn = task.take_transaction()
     >>> [(m.topic, m.key, orjson.loads(m.value).get("label")) for m in txn.messages]
@@ -126,9 +124,6 @@ class PartitionTask:
         self._merger = EventTimeMerger(merge_max_wait_ms, merge_max_backlog_wait_ms)
         self._txn = Transaction(partition)
         self._late_clicks = pipeline.join.stats.late_clicks
-        # Per source, the offset of the next message this task expects (the consumer's
-        # position when the task was built): anything below was processed already.
-        self._expected: dict[str, int] = {}
         #: (source, offset) of inputs whose processing raised, and how often.
         self.failures: Counter[tuple[str, int]] = Counter()
         #: Inputs to dead-letter instead of processing (they raised too often).
@@ -160,19 +155,10 @@ class PartitionTask:
 
     # ------------------------------------------------------------------ inputs
 
-    def expect(self, source: str, offset: int) -> None:
-        """The consumer was positioned at ``offset`` for ``source``: messages below it that
-        still arrive (fetched before the seek) are not offered again."""
-        self._expected[source] = offset
-
     def offer(
         self, source: str, offset: int, key: bytes | None, raw: bytes | None, received_ms: int
-    ) -> bool:
-        """Decode one input message and queue it for event-time alignment; False (ignored)
-        for a message below the expected offset (a fetch from before the last seek)."""
-        if offset < self._expected.get(source, 0):
-            return False
-        self._expected[source] = offset + 1
+    ) -> None:
+        """Decode one input message and queue it for event-time alignment."""
         topic = self._names.input_topic(source)
         event = InputEvent(source, topic, self.partition, offset, key, raw or b"", received_ms)
         poison = self.poisoned.get((source, offset))
@@ -181,7 +167,6 @@ class PartitionTask:
         else:
             _decode(self._decoder, event, raw)
         self._merger.push(event)
-        return True
 
     def step(self, wall_ms: int, backlog: BacklogProbe = _unknown, *, idle: bool = False) -> None:
         """Process what the merger releases; with nothing buffered and ``idle`` (both input
