@@ -52,7 +52,7 @@ def dump_topics(
 async def _dump(
     bootstrap: str, prefix: str, out_dir: Path, timeout_s: float, options: dict[str, Any]
 ) -> Path:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
     names = TopicNames.from_prefix(prefix)
@@ -80,16 +80,15 @@ async def _dump(
                 f"topic {names.feedback} does not exist at {bootstrap}: is the topic prefix "
                 f"{prefix!r} the worker's (RECAL_TOPIC_PREFIX)?"
             )
-        tps = [
-            TopicPartition(topic, p)
-            for topic in topics if topic in existing
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        wanted = [topic for topic in topics if topic in existing]
+        # Subscribed only once known to exist: a metadata request naming a missing topic
+        # would create it on clusters that auto-create topics. Without a group, subscribing
+        # assigns every partition, read from the beginning (nothing is committed).
+        consumer.subscribe(wanted)
+        tps = await _assigned(consumer, wanted, deadline)
         # Under read_committed these are the last stable offsets: the dump ends at what was
         # committed when it started, so it terminates even while the worker keeps writing.
-        ends = await consumer.end_offsets(tps)
+        ends = await consumer.end_offsets(list(tps))
         out_dir.mkdir(parents=True, exist_ok=True)
         for topic, short in topics.items():
             if topic in existing:
@@ -136,6 +135,20 @@ async def _dump(
             handle.close()
         await consumer.stop()
     return out_dir
+
+
+async def _assigned(consumer: Any, topics: list[str], deadline: float) -> list[Any]:
+    """Every partition of ``topics``, once the consumer's metadata and assignment have them."""
+    while True:
+        parts = {topic: consumer.partitions_for_topic(topic) for topic in topics}
+        assigned = consumer.assignment()
+        if all(parts.values()) and len(assigned) == sum(len(p) for p in parts.values()):
+            return sorted(assigned)
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(
+                f"timed out waiting for the partitions of {', '.join(topics)}"
+            )
+        await asyncio.sleep(0.05)
 
 
 def _counts_text(counts: dict[str, int]) -> str:
