@@ -16,6 +16,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from worker.cli import main
 from worker.core.errors import ConfigError
 from worker.replay import run_replay
 from worker.report import build_report, dump_topics
@@ -130,8 +131,9 @@ async def test_dump_reads_what_was_committed_in_replay_layout(
     assert len(tables[0]) >= 1
 
 
-async def test_missing_topics(
-    kafka_bootstrap: str, unique_topic: Callable[[str], str], tmp_path: Path
+async def test_missing_topics_and_the_command_line(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     prefix = unique_topic("m") + "."
     with pytest.raises(ConfigError, match=re.escape(f"topic {prefix}feedback does not exist")):
@@ -143,3 +145,11 @@ async def test_missing_topics(
                                   timeout_s=30.0)
     assert sorted(p.name for p in out.iterdir()) == ["feedback.jsonl"]
     assert (out / "feedback.jsonl").read_bytes() == b""
+
+    # The command line: dump, then build, then print the report's path.
+    cli_dir = tmp_path / "cli"
+    argv = ["report", "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", prefix,
+            "--out-dir", str(cli_dir)]
+    assert await asyncio.to_thread(main, argv) == 0
+    assert capsys.readouterr().out.strip() == str(cli_dir / "report.html")
+    assert "No alerts.jsonl in the source directory." in (cli_dir / "report.html").read_text()

@@ -424,7 +424,14 @@ def _prequential(fb: FeedbackColumns, scored: Scored, days: list[DayRow]) -> str
          "ECE recal", "ECE floor", "log loss identity", "log loss recal", "log loss gain"],
         rows, classes=[""] * len(days) + ["total"], left=1,
     )
-    return _section("prequential", (
+    note = ""
+    if scored.versions and scored.served_counts()["identity"] == len(fb):
+        note = _empty(
+            "Calibrator versions exist, but none was created before any impression here, so "
+            "recal equals the raw score throughout. On Kafka, created_at is the worker's wall "
+            "clock: a stream replayed with old timestamps is never scored by a version."
+        )
+    return _section("prequential", note + (
         '<p class="note">For each UTC day of impression time: the raw score ("identity", no '
         "calibration) against recal, where each event is scored by the newest calibrator "
         "version created before its impression, along the chain user → segment → global → "
