@@ -19,6 +19,7 @@ _SUBCOMMAND_MODULES = (
     "worker.localkafka.cli",
     "worker.sim.cli",
     "worker.demo",
+    "worker.report.cli",
 )
 
 
