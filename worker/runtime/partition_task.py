@@ -113,6 +113,10 @@ class PartitionTask:
         shared_scopes: bool = True,
     ) -> None:
         self.partition = partition
+        #: Per source, the next input offset to process: the restore's committed positions
+        #: (set by ``GroupWorker``), then one past each message the pipeline took (the
+        #: consumer lag's "done" side; the fetch position runs ahead by what the merger holds).
+        self.next_offsets: dict[str, int] = {}
         # Whether this partition publishes the model-wide (global, segment) versions and the
         # alerts; see ``shared_scope_writer``.
         self._shared_scopes = shared_scopes
@@ -134,6 +138,11 @@ class PartitionTask:
     @property
     def pipeline(self) -> Pipeline:
         return self._pipeline
+
+    @property
+    def shared_scopes(self) -> bool:
+        """Whether this partition publishes the global/segment versions and the alerts."""
+        return self._shared_scopes
 
     @property
     def buffered(self) -> int:
@@ -229,6 +238,7 @@ class PartitionTask:
         batch = InputBatch(wall_ms)
         txn = self._txn
         offsets = txn.offsets
+        done = self.next_offsets
         for event in events:
             ref = event_ref(event.offset, event.raw, event.source)
             obj = event.decoded
@@ -243,7 +253,7 @@ class PartitionTask:
             else:
                 batch.add_click(obj, ref)  # type: ignore[arg-type]
                 txn.events[(event.source, "accepted")] += 1
-            offsets[event.source] = event.offset + 1
+            offsets[event.source] = done[event.source] = event.offset + 1
             txn.received_ms.append(event.received_ms)
         self._collect(self._pipeline.process(batch), wall_ms)
 

@@ -266,6 +266,20 @@ class PosteriorStore:
         """(user, arm) posteriors held, population posteriors excluded."""
         return sum(len(u.arms) for u in self._users.values())
 
+    def tier_counts(self) -> dict[str, int]:
+        """Users held per tier (every tier in ``TIERS``, zeros included; a user not yet
+        tiered counts under ``"none"``): a scan, for periodic metrics, not per event.
+
+        >>> store = PosteriorStore()
+        >>> _ = store.update("u1", "news", "default", 1, event_ts=1_000)
+        >>> store.tier_counts()
+        {'confident': 0, 'moderate_uncertain': 0, 'high_epistemic': 1, 'none': 0}
+        """
+        counts = dict.fromkeys((*TIERS, "none"), 0)
+        for user in self._users.values():
+            counts[user.tier or "none"] += 1
+        return counts
+
     def users(self) -> list[str]:
         """User ids held, least recently updated first."""
         return list(self._users)
