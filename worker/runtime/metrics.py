@@ -78,8 +78,9 @@ class RuntimeMetrics:
             "impression's label was final", registry=r,
         )
         self.calibrators = Counter(
-            "recal_calibrator_versions", "Calibrator versions published, by refit reason",
-            ["reason"], registry=r,
+            "recal_calibrator_versions", "Calibrator versions published (refits), by reason "
+            "(bootstrap, scheduled, drift) and scope kind (global, segment, user)",
+            ["reason", "scope_kind"], registry=r,
         )
         self.alerts = Counter(
             "recal_alert_events", "Alert events published, by kind and status",
@@ -182,6 +183,9 @@ class RuntimeMetrics:
             self.transactions.labels(result=result)
         for kind in ALERT_KINDS:
             self.alerts_firing.labels(kind=kind)
+        for reason in ("bootstrap", "scheduled", "drift"):
+            for scope_kind in ("global", "segment", "user"):
+                self.calibrators.labels(reason=reason, scope_kind=scope_kind)
 
     def record(self, txn: Transaction, now_ms: int) -> None:
         """Count what one committed transaction held."""
@@ -193,7 +197,8 @@ class RuntimeMetrics:
             elif kind.startswith("dlq:"):
                 self.dead_letters.labels(reason=kind[len("dlq:"):]).inc(n)
             elif kind.startswith("calibrators:"):
-                self.calibrators.labels(reason=kind[len("calibrators:"):]).inc(n)
+                _, reason, scope = kind.split(":", 2)
+                self.calibrators.labels(reason=reason, scope_kind=scope).inc(n)
             elif kind.startswith("alerts:"):
                 _, alert_kind, status = kind.split(":", 2)
                 self.alerts.labels(kind=alert_kind, status=status).inc(n)

@@ -70,7 +70,8 @@ class Transaction:
     #: Inputs processed, by (source, outcome): ``accepted`` or ``dead_letter``.
     events: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: Output records by kind (``feedback``, ``feedback_1``, ``dlq:<reason>``,
-    #: ``calibrators``, ``alerts:<kind>:<status>``, ``posteriors``): for the metrics.
+    #: ``calibrators:<reason>:<scope kind>``, ``alerts:<kind>:<status>``, ``posteriors``):
+    #: for the metrics.
     outputs: Counter[str] = field(default_factory=Counter)
     #: Arrival wall times (ms) of the inputs this transaction completes (latency metric).
     received_ms: list[int] = field(default_factory=list)
@@ -294,7 +295,7 @@ class PartitionTask:
                 OutMessage(names.calibrators, f"{msg['model_id']}|{msg['scope']}".encode(),
                            dumps(msg))
             )
-            counts[f"calibrators:{msg['reason']}"] += 1
+            counts[f"calibrators:{msg['reason']}:{scope_kind(msg['scope'])}"] += 1
         for alert in out.alerts if shared else ():
             messages.append(OutMessage(names.alerts, alert["fingerprint"].encode(), dumps(alert)))
             counts[f"alerts:{alert['kind']}:{alert['status']}"] += 1
@@ -327,6 +328,15 @@ def shared_scope_writer(partition: int) -> bool:
     (True, False)
     """
     return partition == 0
+
+
+def scope_kind(scope: str) -> str:
+    """``global``, ``segment`` or ``user``: a scope without its name (a bounded label).
+
+    >>> scope_kind("global"), scope_kind("segment:web"), scope_kind("user:u1")
+    ('global', 'segment', 'user')
+    """
+    return scope.split(":", 1)[0]
 
 
 def _key_text(key: bytes | None) -> str | None:

@@ -4,6 +4,9 @@ and the consumer lag against the next offset the pipeline takes."""
 
 from __future__ import annotations
 
+from collections import Counter
+
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.unit.runtime.test_partition_task import NAMES, WALL_MS, inputs
@@ -30,15 +33,39 @@ def samples(m: RuntimeMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], f
     }
 
 
-def fed_task(partition: int) -> PartitionTask:
+def fed_task(partition: int, metrics: RuntimeMetrics | None = None) -> PartitionTask:
+    """A task that took the whole scenario; its transaction recorded into ``metrics``."""
     task = PartitionTask(partition, Pipeline(CONFIG), NAMES, InputDecoder(),
                          shared_scopes=partition == 0)
     for source, offset, key, raw in inputs():
         task.offer(source, offset, key, raw, received_ms=WALL_MS)
     task.step(WALL_MS + 60_000, backlog=lambda _s: False)
-    task.take_transaction()
+    txn = task.take_transaction()
+    if metrics is not None:
+        metrics.record(txn, WALL_MS)
     task.drain_posteriors()
     return task
+
+
+def test_refits_are_counted_by_reason_and_scope_kind() -> None:
+    m = RuntimeMetrics()
+    task = PartitionTask(0, Pipeline(CONFIG), NAMES, InputDecoder())
+    for source, offset, key, raw in inputs():
+        task.offer(source, offset, key, raw, received_ms=WALL_MS)
+    task.step(WALL_MS + 60_000, backlog=lambda _s: False)
+    txn = task.take_transaction()
+    m.record(txn, WALL_MS)
+    published = Counter(
+        (msg["reason"], msg["scope"].split(":")[0])
+        for msg in (orjson.loads(out.value) for out in txn.messages
+                    if out.topic == NAMES.calibrators and out.value is not None)
+    )
+    assert {kind for _, kind in published} >= {"global", "segment"}
+    got = samples(m)
+    for reason in ("bootstrap", "scheduled", "drift"):
+        for kind in ("global", "segment", "user"):
+            key = frozenset({"reason": reason, "scope_kind": kind}.items())
+            assert got[("recal_calibrator_versions_total", key)] == published[(reason, kind)]
 
 
 def test_refresh_reports_the_pipelines_state() -> None:
