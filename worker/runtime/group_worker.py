@@ -340,7 +340,11 @@ class GroupWorker:
         ends: dict[Any, int] = {}
         if tps:
             try:
-                ends = await self._consumer.end_offsets(list(tps.values()))
+                # Bounded: with the broker away the request would wait its full timeout,
+                # and the loop with it; the lag is simply not updated this time.
+                ends = await asyncio.wait_for(
+                    self._consumer.end_offsets(list(tps.values())), REFRESH_INTERVAL_S / 2
+                )
             except (KafkaError, AssertionError, asyncio.TimeoutError) as exc:
                 log.debug("end-offset request for the lag metric failed: %r", exc)
         for (p, src), tp in tps.items():
