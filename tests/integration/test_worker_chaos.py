@@ -541,9 +541,17 @@ class PrimedWorker(WorkerProcess):
         self.proc.stdin.close()
 
 
+def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples named ``name`` of a /metrics body (prometheus-client's parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(sample.labels, sample.value) for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == name]
+
+
 def _gauges(text: str, name: str) -> dict[str, float]:
-    return {m.group(1): float(m.group(2))
-            for m in re.finditer(rf'^{name}\{{partition="(\d+)"\}} (\S+)$', text, re.M)}
+    """A per-partition gauge: partition -> value."""
+    return {labels["partition"]: value for labels, value in _samples(text, name)}
 
 
 def _log_time(line: str) -> float:
@@ -657,8 +665,7 @@ async def test_broker_restart_mid_stream(
                              "first feedback", lambda: workers)
         # Mid-backlog: the worker has committed some of the first half, not all of it.
         _, body = await asyncio.to_thread(http_get, workers[0].web_port(), "/metrics")
-        done = sum(float(n) for n in re.findall(r"^recal_events_total\{.*\} (\S+)$",
-                                                 body.decode(), re.M))
+        done = sum(value for _, value in _samples(body.decode(), "recal_events_total"))
         assert 0 < done < len(first), (done, len(first))
         await asyncio.to_thread(broker.stop, 30.0)
         await asyncio.sleep(3.0)

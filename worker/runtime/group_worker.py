@@ -52,7 +52,7 @@ from aiokafka import ConsumerRebalanceListener
 
 from worker.core.codec.input_decoder import InputDecoder
 from worker.core.pipeline import Pipeline
-from worker.runtime.metrics import RuntimeMetrics
+from worker.runtime.metrics import REFRESH_INTERVAL_S, RuntimeMetrics
 from worker.runtime.partition_task import PartitionTask, shared_scope_writer
 from worker.runtime.security import aiokafka_security_kwargs, bootstrap_list
 from worker.runtime.topics import (
@@ -118,6 +118,7 @@ class GroupWorker:
         self._last_loop = time.monotonic()
         self._next_commit = 0.0
         self._next_posteriors = 0.0
+        self._next_metrics = 0.0
         self._next_idle_check: dict[int, float] = {}
         self._commit_failures: Counter[int] = Counter()
         # Per partition, how often its inputs were sought (restores): messages fetched
@@ -208,6 +209,9 @@ class GroupWorker:
             # sought *after* these messages were fetched.
             seeks = dict(self._seeks)
             probes = await self._probe_inputs()
+            if time.monotonic() >= self._next_metrics:
+                self._next_metrics = time.monotonic() + REFRESH_INTERVAL_S
+                await self._refresh_metrics()
             async with self._lock:
                 if self._to_adopt:
                     await self._adopt_next()
@@ -315,13 +319,40 @@ class GroupWorker:
             for (p, src), tp in tps.items():
                 position = await consumer.position(tp)
                 out.setdefault(p, {})[src] = position < ends[tp]
-                self.metrics.set_lag(p, src, max(0, ends[tp] - position))
             return out
         except (KafkaError, AssertionError, asyncio.TimeoutError) as exc:
             # A rebalance in progress, or the broker slow: unknown (the merger waits its
             # bounded time), never "idle".
             log.debug("end-offset probe failed: %r", exc)
             return {}
+
+    async def _refresh_metrics(self) -> None:
+        """The state gauges and the consumer lag of every owned partition (on a timer):
+        one end-offset request for all input topic-partitions, against the next offset
+        each partition's pipeline takes (not the fetch position, which runs ahead)."""
+        from aiokafka import TopicPartition
+        from aiokafka.errors import KafkaError
+
+        tps = {
+            (p, src): TopicPartition(self.names.input_topic(src), p)
+            for p in list(self._tasks) for src in INPUT_SOURCES
+        }
+        ends: dict[Any, int] = {}
+        if tps:
+            try:
+                # Bounded: with the broker away the request would wait its full timeout,
+                # and the loop with it; the lag is simply not updated this time.
+                ends = await asyncio.wait_for(
+                    self._consumer.end_offsets(list(tps.values())), REFRESH_INTERVAL_S / 2
+                )
+            except (KafkaError, AssertionError, asyncio.TimeoutError) as exc:
+                log.debug("end-offset request for the lag metric failed: %r", exc)
+        for (p, src), tp in tps.items():
+            task = self._tasks.get(p)  # revoked during the request: another worker's now
+            done = None if task is None else task.next_offsets.get(src)
+            if done is not None and tp in ends:
+                self.metrics.set_lag(p, src, max(0, ends[tp] - done))
+        self.metrics.refresh(self._tasks)
 
     # ------------------------------------------------------------------ transactions
 
@@ -496,10 +527,13 @@ class GroupWorker:
         for source, tp in zip(INPUT_SOURCES, tps, strict=True):
             committed = await consumer.committed(tp)
             if committed is None:  # a new group: from the beginning (explicitly, see above)
-                consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
+                start = (await consumer.beginning_offsets([tp]))[tp]
+                consumer.seek(tp, start)
             else:
+                start = committed
                 consumer.seek(tp, committed)
             positions[source] = committed
+            task.next_offsets[source] = start
         consumer.resume(*tps)
         elapsed = time.monotonic() - started
         self.metrics.restore_seconds.observe(elapsed)

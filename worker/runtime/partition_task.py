@@ -70,7 +70,8 @@ class Transaction:
     #: Inputs processed, by (source, outcome): ``accepted`` or ``dead_letter``.
     events: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: Output records by kind (``feedback``, ``feedback_1``, ``dlq:<reason>``,
-    #: ``calibrators``, ``alerts:<kind>:<status>``, ``posteriors``): for the metrics.
+    #: ``calibrators:<reason>:<scope kind>``, ``alerts:<kind>:<status>``, ``posteriors``):
+    #: for the metrics.
     outputs: Counter[str] = field(default_factory=Counter)
     #: Arrival wall times (ms) of the inputs this transaction completes (latency metric).
     received_ms: list[int] = field(default_factory=list)
@@ -113,6 +114,10 @@ class PartitionTask:
         shared_scopes: bool = True,
     ) -> None:
         self.partition = partition
+        #: Per source, the next input offset to process: the restore's committed positions
+        #: (set by ``GroupWorker``), then one past each message the pipeline took (the
+        #: consumer lag's "done" side; the fetch position runs ahead by what the merger holds).
+        self.next_offsets: dict[str, int] = {}
         # Whether this partition publishes the model-wide (global, segment) versions and the
         # alerts; see ``shared_scope_writer``.
         self._shared_scopes = shared_scopes
@@ -134,6 +139,11 @@ class PartitionTask:
     @property
     def pipeline(self) -> Pipeline:
         return self._pipeline
+
+    @property
+    def shared_scopes(self) -> bool:
+        """Whether this partition publishes the global/segment versions and the alerts."""
+        return self._shared_scopes
 
     @property
     def buffered(self) -> int:
@@ -229,6 +239,7 @@ class PartitionTask:
         batch = InputBatch(wall_ms)
         txn = self._txn
         offsets = txn.offsets
+        done = self.next_offsets
         for event in events:
             ref = event_ref(event.offset, event.raw, event.source)
             obj = event.decoded
@@ -243,7 +254,7 @@ class PartitionTask:
             else:
                 batch.add_click(obj, ref)  # type: ignore[arg-type]
                 txn.events[(event.source, "accepted")] += 1
-            offsets[event.source] = event.offset + 1
+            offsets[event.source] = done[event.source] = event.offset + 1
             txn.received_ms.append(event.received_ms)
         self._collect(self._pipeline.process(batch), wall_ms)
 
@@ -284,7 +295,7 @@ class PartitionTask:
                 OutMessage(names.calibrators, f"{msg['model_id']}|{msg['scope']}".encode(),
                            dumps(msg))
             )
-            counts[f"calibrators:{msg['reason']}"] += 1
+            counts[f"calibrators:{msg['reason']}:{scope_kind(msg['scope'])}"] += 1
         for alert in out.alerts if shared else ():
             messages.append(OutMessage(names.alerts, alert["fingerprint"].encode(), dumps(alert)))
             counts[f"alerts:{alert['kind']}:{alert['status']}"] += 1
@@ -317,6 +328,15 @@ def shared_scope_writer(partition: int) -> bool:
     (True, False)
     """
     return partition == 0
+
+
+def scope_kind(scope: str) -> str:
+    """``global``, ``segment`` or ``user``: a scope without its name (a bounded label).
+
+    >>> scope_kind("global"), scope_kind("segment:web"), scope_kind("user:u1")
+    ('global', 'segment', 'user')
+    """
+    return scope.split(":", 1)[0]
 
 
 def _key_text(key: bytes | None) -> str | None:

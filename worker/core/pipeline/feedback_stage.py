@@ -220,6 +220,17 @@ class FeedbackStage:
         msg = None if model is None else model.versions.get(scope)
         return None if msg is None else dict(msg)
 
+    def scopes(self, model_id: str) -> list[str]:
+        """The model's scopes with detectors (``global``, then its segments in first-seen
+        order, up to ``max_segments``); empty for an unknown model."""
+        model = self._models.get(model_id)
+        return [] if model is None else list(model.scopes)
+
+    @property
+    def ece_test(self) -> EceHigh:
+        """The ``ece_high`` test (threshold beyond the noise floor, ``min_n``): stateless."""
+        return self._ece
+
     def calibration_report(self, model_id: str, scope: str = GLOBAL) -> CalibrationReport | None:
         """The decayed calibration report of the probabilities a scope served (the ECE
         behind ``ece_high``; e.g. for an "ECE by model and scope" gauge), or None."""

@@ -13,6 +13,8 @@ from worker.core.posteriors.beta_posterior import BetaPosterior
 POPULATION = "*"
 TIERS = ("confident", "moderate_uncertain", "high_epistemic")
 _RANK = {t: i for i, t in enumerate(TIERS)}
+#: ``tier_counts`` key of users not tiered yet.
+_NO_TIER = "none"
 # Rates used as prior means are kept away from 0 and 1 so that Beta(m·s, (1 − m)·s) is proper
 # whatever a short, extreme segment history says.
 _RATE_FLOOR = 1e-4
@@ -211,6 +213,10 @@ class PosteriorStore:
     def _reset(self) -> None:
         """Empty state (construction and ``restore``)."""
         self._users: OrderedDict[str, _User] = OrderedDict()
+        # Kept as users, pairs and tiers change, for metrics read often (``tier_counts``,
+        # ``n_pairs``): a scan of a million users takes a second.
+        self._n_pairs = 0
+        self._tiers: dict[str, int] = dict.fromkeys((*TIERS, _NO_TIER), 0)
         self._population: dict[str, BetaPosterior] = {}
         # Rate statistics: only the discounted counts of these posteriors are used.
         self._global = self._counter()
@@ -264,7 +270,23 @@ class PosteriorStore:
     @property
     def n_pairs(self) -> int:
         """(user, arm) posteriors held, population posteriors excluded."""
-        return sum(len(u.arms) for u in self._users.values())
+        return self._n_pairs
+
+    def tier_counts(self) -> dict[str, int]:
+        """Users held per tier (every tier in ``TIERS``, zeros included; a user not yet
+        tiered counts under ``"none"``); kept up to date, no scan.
+
+        >>> store = PosteriorStore()
+        >>> _ = store.update("u1", "news", "default", 1, event_ts=1_000)
+        >>> store.tier_counts()
+        {'confident': 0, 'moderate_uncertain': 0, 'high_epistemic': 1, 'none': 0}
+        """
+        return dict(self._tiers)
+
+    def _hold(self, user: _User, sign: int) -> None:
+        """Count a user in (``sign`` 1) or out (-1) of the tier and pair counts."""
+        self._tiers[user.tier or _NO_TIER] += sign
+        self._n_pairs += sign * len(user.arms)
 
     def users(self) -> list[str]:
         """User ids held, least recently updated first."""
@@ -384,6 +406,7 @@ class PosteriorStore:
             seg_rate = self.segment_rate(seg, None, ts)
             user = _User(seg, self._prior(seg_rate, self._tier_strength))
             self._users[uid] = user
+            self._hold(user, 1)
         else:
             self._users.move_to_end(uid)
             user.segment = seg
@@ -397,6 +420,7 @@ class PosteriorStore:
                 rate = (self.segment_rate(seg, arm, ts) if seg_rate is None else
                         self._shrunk(self._segment_arms.get((seg, arm)), seg_rate, ts))
                 pair = user.arms[arm] = self._prior(rate)
+                self._n_pairs += 1
             if pair is not None:
                 pair.count(y, ts)
                 self._dirty.setdefault((uid, arm), tick)
@@ -477,6 +501,9 @@ class PosteriorStore:
         if new == old:
             return []
         user.tier = new
+        tiers = self._tiers
+        tiers[old or _NO_TIER] -= 1
+        tiers[new] += 1
         return [
             {
                 "user_id": uid,
@@ -504,6 +531,7 @@ class PosteriorStore:
 
     def _forget(self, uid: str, user: _User) -> None:
         """A user leaves the store: its pairs are no longer dirty, its record is deleted."""
+        self._hold(user, -1)
         for arm in user.arms:
             self._dirty.pop((uid, arm), None)
         self._changed_users.add(uid)
@@ -652,9 +680,11 @@ class PosteriorStore:
             raise StateError(f"malformed user state: {exc}") from exc
         old = self._users.get(uid)
         if old is not None:
+            self._hold(old, -1)
             for arm in old.arms:
                 if arm not in user.arms:
                     self._dirty.pop((uid, arm), None)
+        self._hold(user, 1)
         user.touch = self._ticks
         self._ticks += 1
         self._users[uid] = user
@@ -787,6 +817,8 @@ class PosteriorStore:
         self._users = OrderedDict((uid, user) for _, uid, user in held)
         if len(self._users) != len(held):
             raise ValueError("a user has two records")
+        for user in self._users.values():
+            self._hold(user, 1)
         rows: list[tuple[int, str, Mapping[str, Any]]] = []
         for data in arms:
             if data is None:

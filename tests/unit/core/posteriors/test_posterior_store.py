@@ -449,3 +449,47 @@ def test_malformed_records_are_rejected() -> None:
     ):
         with pytest.raises(StateError):
             PosteriorStore().restore(*bad)
+
+
+def _scanned_counts(store: PosteriorStore) -> tuple[int, dict[str, int]]:
+    """Pairs and users per tier by a full scan of the held users (the reference)."""
+    tiers = dict.fromkeys((*TIERS, "none"), 0)
+    pairs = 0
+    for uid in store.users():
+        data = store.user_to_dict(uid)
+        assert data is not None
+        tiers[data["tier"] or "none"] += 1
+        pairs += len(data["arms"])
+    return pairs, tiers
+
+
+@SETTINGS
+@given(ops_st, st.integers(0, 80), st.integers(0, 10_000))
+def test_pair_and_tier_counts_follow_every_change(ops, cut, expire_before) -> None:
+    """``n_pairs`` and ``tier_counts`` are kept as the store changes (no scan): after
+    updates, evictions (``max_users``), ``expire``, ``load_user`` and a restore they equal
+    a scan of the users held."""
+    kwargs = {"half_life_ms": 5_000.0, "max_users": 3}
+    store = PosteriorStore(**kwargs)
+    log: dict = {}
+    for op in ops[:cut]:
+        step(store, op)
+        persist(store, log)
+        assert (store.n_pairs, store.tier_counts()) == _scanned_counts(store)
+    restored = PosteriorStore(**kwargs)
+    restored.restore(log.get("shared"), [v for k, v in log.items() if k[0] == "user"],
+                     [v for k, v in log.items() if k[0] == "arm"],
+                     [v for k, v in log.items() if k[0] == "evicted"])
+    assert (restored.n_pairs, restored.tier_counts()) == _scanned_counts(store)
+    for op in ops[cut:]:
+        step(restored, op)
+    restored.expire(expire_before)
+    assert (restored.n_pairs, restored.tier_counts()) == _scanned_counts(restored)
+    other = PosteriorStore(**kwargs)
+    other.update("u9", "a", "s1", 1, event_ts=1)
+    other.update("u9", "b", "s1", 0, event_ts=2)
+    for uid in ("u1", "u9"):  # replaces a held user (if any), or adds one
+        data = other.user_to_dict("u9")
+        assert data is not None
+        restored.load_user(uid, data)
+        assert (restored.n_pairs, restored.tier_counts()) == _scanned_counts(restored)
