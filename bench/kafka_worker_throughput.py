@@ -314,10 +314,13 @@ class Worker:
 
 async def measure_worker(
     bootstrap: str, topics: dict[str, str], prefix: str, partitions: int, pre: Preload,
-    data_dir: Path, log_path: Path, timeout_s: float, py_spy: Path | None,
+    data_dir: Path, log_path: Path, timeout_s: float, py_spy: Path | None, workers: int = 1,
 ) -> dict[str, Any]:
+    """Run ``workers`` worker processes in one group over the preloaded topics until every
+    input is committed and every label is out; the samples' CPU is the group's sum."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import GroupCoordinatorNotAvailableError
 
     total = pre.messages
     want_feedback = pre.impressions  # the flush impressions stay pending
@@ -334,11 +337,16 @@ async def measure_worker(
     samples: list[Sample] = []
     result: dict[str, Any] = {"app_id": app_id}
     spy: subprocess.Popen[bytes] | None = None
-    worker = Worker(
-        ["--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "--app-id", app_id,
-         "--web-port", "0", "--partitions", str(partitions)],
-        log_path,
-    )
+    flags = ["--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "--app-id", app_id,
+             "--web-port", "0", "--partitions", str(partitions)]
+    group = [Worker(flags, log_path if i == 0 else log_path.with_suffix(f".{i}.log"))
+             for i in range(workers)]
+    worker = group[0]
+
+    def group_cpu() -> float | None:
+        times = [w.cpu_s() for w in group]
+        return None if any(t is None for t in times) else sum(t for t in times if t is not None)
+
     started = time.monotonic()
     try:
         deadline = started + timeout_s
@@ -347,7 +355,10 @@ async def measure_worker(
         while True:
             await asyncio.sleep(POLL_S)
             now = time.monotonic()
-            offsets = await admin.list_consumer_group_offsets(app_id)
+            try:
+                offsets = await admin.list_consumer_group_offsets(app_id)
+            except GroupCoordinatorNotAvailableError:
+                continue  # a fresh broker creates __consumer_offsets on the first group
             committed = sum(
                 meta.offset for tp, meta in offsets.items()
                 if tp.topic in inputs and meta.offset >= 0
@@ -355,7 +366,7 @@ async def measure_worker(
             fb_ends = await probe.end_offsets(out_tps["feedback"])
             dlq_ends = await probe.end_offsets(out_tps["dlq"])
             s = Sample(now - started, committed, sum(fb_ends.values()), sum(dlq_ends.values()),
-                       worker.cpu_s())
+                       group_cpu())
             samples.append(s)
             if (s.committed, s.feedback) != last_change[1:]:
                 last_change = (now, s.committed, s.feedback)
@@ -367,10 +378,9 @@ async def measure_worker(
                       f"feedback {s.feedback:,}/{want_feedback:,}", file=sys.stderr, flush=True)
             if committed >= total and s.feedback >= want_feedback:
                 break
-            if worker.proc.poll() is not None:
-                raise RuntimeError(
-                    f"worker exited with {worker.proc.returncode}\n{worker.log_tail()}"
-                )
+            for w in group:
+                if w.proc.poll() is not None:
+                    raise RuntimeError(f"worker exited with {w.proc.returncode}\n{w.log_tail()}")
             if now > deadline or now - last_change[0] > 120:
                 result["incomplete"] = (
                     f"stopped waiting at {s.t:.0f} s: committed {committed:,}/{total:,}, "
@@ -380,12 +390,20 @@ async def measure_worker(
         if spy is not None:
             stop_py_spy(spy)
             spy = None
-        result["peak_rss_mb"] = worker.peak_rss_mb()
+        rss = [w.peak_rss_mb() for w in group]
+        result["peak_rss_mb"] = max((r for r in rss if r is not None), default=None)
     finally:
         if spy is not None:
             stop_py_spy(spy)
-        result["exit_code"], result["stop_s"] = worker.stop()
-        result["stall_s"], result["rebalances"] = worker.log_findings()
+        for w in group:
+            w.proc.send_signal(signal.SIGTERM)  # all at once: none waits for the others
+        stops = [w.stop() for w in group]
+        result["exit_code"] = next((c for c, _t in stops if c != 0), 0)
+        result["stop_s"] = max(t for _c, t in stops)
+        findings = [w.log_findings() for w in group]
+        result["stall_s"] = max(f[0] for f in findings)
+        # With several workers the first assignment is one rebalance per joining member.
+        result["rebalances"] = sum(f[1] for f in findings) if workers == 1 else 0
         await probe.stop()
         await admin.close()
     result.update(rates(samples, total, pre.fill_messages))

@@ -3,25 +3,28 @@
 What it does, in order:
 
 1. starts a local single-node Kafka broker (``worker.localkafka``) in a fresh data directory
-   (a temporary one, or ``--data-dir``), and creates the four topics co-partitioned;
-2. starts ``recal worker`` as a subprocess (W = 60 s, lateness 10 s, idle timeout 10 s);
-3. generates a StreamRec stream (CTR ~ Beta(2, 8), served model over-confident with T = 1.6,
-   ~1 % duplicates and orphan clicks, 0.3 % malformed lines, 5 s of arrival reordering) with
-   event times starting at the wall clock, and sends it with ``worker.sim.kafka_sink``;
+   (a temporary one, or ``--data-dir``) and creates every topic of the worker
+   (``worker.runtime.topics.ensure_topics``, the one owner of the layout);
+2. starts ``--workers`` (default 2) ``recal worker`` processes in one consumer group;
+3. generates the simulator's ``realistic`` scenario (6 days of a news-recommendation click
+   log: daily traffic and CTR cycles, a served model overconfident every morning, position
+   effects, a slow base-rate drift and one retrained model, the drift, at 77.5 % of the
+   impressions) ending at the wall clock, with ~1 % duplicates and orphan clicks, 0.3 %
+   malformed lines and 5 s of arrival reordering, and sends it keyed by user;
 4. ends the stream with a few *flush* impressions per partition, stamped past every deadline:
-   Kafka has no end of stream, and waiting for the idle watermark advance (W + idle timeout
-   + lateness of wall time) would take minutes; with the flush every negative matures as soon
-   as the worker reaches it, and the result does not depend on timing;
-5. shows a live line (produced, processed and lag, feedback, dead letters) until every label
-   and dead letter expected by the batch oracle has arrived, or nothing moved for
-   ``--timeout`` seconds;
-6. stops the worker (SIGTERM) and the broker (in every case: error, Ctrl-C, SIGTERM) and
-   prints the report: the Kafka feedback against the oracle's labels, dead letters by reason
-   against the generator's expectations, the served scores' ECE on the feedback, what a
-   temperature fit on the first half does to the second half, throughput and timings.
+   Kafka has no end of stream, and with them every negative matures as soon as the workers
+   reach them, so the result does not depend on timing. The workers' idle timeout is longer
+   than the demo, so the wall clock never moves a watermark (the stream lies in the past);
+5. shows a live view read from the workers' output topics and ``/metrics``: events/s and lag,
+   feedback and dead letters, ECE of the raw scores and of recal's calibrators by segment
+   (prequential: each label scored with the newest version published before its
+   impression), calibrator versions, alerts firing, uncertainty tiers;
+6. once every label and dead letter the batch oracle expects has arrived, stops the workers
+   (SIGTERM), writes the HTML report (``recal report``) from the output topics, stops the
+   broker (in every case: error, Ctrl-C, SIGTERM) and prints a summary with its checks.
 
-Exit codes: 0 when the loop completed and matched the oracle; 1 when it did not (the message
-says why, with the worker's log tail); 2 for invalid flags; 130 when interrupted.
+Exit codes: 0 when the loop completed and every check passed; 1 when it did not (the message
+says which, with the workers' log tails); 2 for invalid flags; 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -52,23 +55,29 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.core.errors import ConfigError, InvalidInputError, RecalError
+from worker.runtime.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
-#: Join settings of the demo worker (seconds). The window is short so that the stream's
-#: event-time span covers a few windows and negatives mature while the stream is processed;
-#: the lateness still exceeds the stream's arrival reordering (5 s), so nothing is late.
-WINDOW_S = 60
-LATENESS_S = 10
-IDLE_TIMEOUT_S = 10
-#: Impressions per second of event time, raised for long streams so that their event times
-#: span at most EVENT_SPAN_MAX_S: the flush impressions (max ts + W + L + 5 s) then stay far
-#: inside the worker's max_future_s (1 h).
-EVENT_RATE = 100.0
-EVENT_SPAN_MAX_S = 300
+#: Join settings of the demo's workers (seconds): the realistic scenario's attribution window
+#: (30 min, clicks ~1 min after their impression) and the default lateness, which exceeds the
+#: stream's arrival reordering (5 s), so nothing on time is late.
+WINDOW_S = 1800
+LATENESS_S = 60
+#: Longer than any demo run: the stream's event times lie in the past (6 days ending now),
+#: and an idle partition's watermark follows the wall clock after this long.
+IDLE_TIMEOUT_S = 3600
+#: Posterior snapshots are drained this often (the worker's default is 10 s): the demo's
+#: posterior check reads them right after the last feedback.
+POSTERIOR_INTERVAL_S = 1
 FLUSH_MARGIN_MS = 5_000
-#: The scenario's served-model temperature (T > 1: over-confident).
-SERVED_TEMPERATURE = 1.6
+DEFAULT_EVENTS = 60_000
+DEFAULT_WORKERS = 2
+#: Corruption of the demo's stream (shares of the lines), so the dead letters have work.
+DUPLICATE_SHARE = 0.01
+ORPHAN_CLICK_SHARE = 0.01
+MALFORMED_SHARE = 0.003
+REORDER_WITHIN_MS = 5_000
 _READY_TIMEOUT_S = 120.0
 _STOP_TIMEOUT_S = 30.0
 _SETTLE_S = 1.5
@@ -76,6 +85,8 @@ _LIVE_PERIOD_S = 0.5
 _PLAIN_PERIOD_S = 5.0
 _LOG_TAIL_LINES = 30
 _MIN_CALIBRATION_N = 50
+#: How often the live view recomputes the prequential ECE (it scans every label so far).
+_SCORE_PERIOD_S = 2.0
 
 Key = tuple[str, str]
 
@@ -108,15 +119,18 @@ def add_parser(subparsers: Any) -> None:
     """
     p = subparsers.add_parser(
         "demo",
-        help="the whole loop on a local broker: stream, worker, live view, report",
+        help="the whole loop on a local broker: stream, workers, live view, report",
         description=(
-            "Start a local Kafka broker and `recal worker`, send a generated StreamRec stream, "
-            "show the worker's progress live, check its feedback against the batch oracle and "
-            "report calibration, dead letters and throughput. Stops everything it started."
+            "Start a local Kafka broker and a group of `recal worker` processes, send the "
+            "simulator's realistic scenario (with a drift), show the loop live from the output "
+            "topics, check the feedback against the batch oracle and the calibrators against "
+            "the raw scores, write the HTML report. Stops everything it started."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--events", type=int, default=20_000, help="impressions to generate")
+    p.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="impressions to generate")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help="worker processes in the consumer group")
     p.add_argument("--partitions", type=int, default=2, help="partitions of every topic")
     p.add_argument("--seed", type=int, default=1, help="random seed of the stream")
     p.add_argument("--keep-broker", action="store_true",
@@ -128,6 +142,8 @@ def add_parser(subparsers: Any) -> None:
                    help="give up when neither outputs nor the worker's processed count move "
                    "for this many seconds")
     p.add_argument("--topic-prefix", default="recal.", help="prefix of the topic names")
+    p.add_argument("--report", type=Path, default=Path("recal-demo-report.html"),
+                   help="where to write the HTML report (recal report)")
     p.add_argument("--json-report", type=Path, default=None,
                    help="also write the report (with the broker and worker PIDs) as JSON here")
     p.set_defaults(func=run)
@@ -137,7 +153,8 @@ def add_parser(subparsers: Any) -> None:
 class DemoOptions:
     """The demo's settings, validated."""
 
-    events: int = 20_000
+    events: int = DEFAULT_EVENTS
+    workers: int = DEFAULT_WORKERS
     partitions: int = 2
     seed: int = 1
     keep_broker: bool = False
@@ -145,11 +162,14 @@ class DemoOptions:
     timeout_s: float = 60.0
     topic_prefix: str = "recal."
     json_report: Path | None = None
+    report: Path = Path("recal-demo-report.html")
     app_id: str = "recal-demo"
 
     def __post_init__(self) -> None:
         if not 1 <= self.events <= 10_000_000:
             raise ConfigError(f"--events must be an integer in [1, 10000000]; got {self.events}")
+        if not 1 <= self.workers <= 8:
+            raise ConfigError(f"--workers must be an integer in [1, 8]; got {self.workers}")
         if not 1 <= self.partitions <= 64:
             raise ConfigError(f"--partitions must be an integer in [1, 64]; got {self.partitions}")
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
@@ -172,6 +192,7 @@ class DemoOptions:
 def options_from_args(args: argparse.Namespace) -> DemoOptions:
     return DemoOptions(
         events=args.events,
+        workers=args.workers,
         partitions=args.partitions,
         seed=args.seed,
         keep_broker=args.keep_broker,
@@ -179,6 +200,7 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         timeout_s=args.timeout,
         topic_prefix=args.topic_prefix,
         json_report=args.json_report,
+        report=args.report,
     )
 
 
@@ -245,25 +267,20 @@ def _signals_ignored() -> Iterator[None]:
 # --- the stream and what it must produce ------------------------------------------------------
 
 
-def demo_scenario(events: int, seed: int, start_ts_ms: int) -> Any:
-    """The demo's StreamRec scenario (event times from ``start_ts_ms``, span <= 300 s)."""
-    from worker.sim.scenario import Scenario
+def demo_scenario(events: int, seed: int, end_ts_ms: int) -> Any:
+    """The demo's stream: the ``realistic`` preset (6 days of event time) ending at
+    ``end_ts_ms``, with the demo's corruption shares."""
+    from worker.sim.scenario import REALISTIC_DAYS, realistic
 
-    return Scenario(
-        n_events=events,
+    return realistic(
+        events,
         seed=seed,
-        start_ts_ms=start_ts_ms,
-        events_per_second=max(EVENT_RATE, events / EVENT_SPAN_MAX_S),
-        ctr_alpha=2.0,
-        ctr_beta=8.0,
-        temperature=SERVED_TEMPERATURE,
+        start_ts_ms=end_ts_ms - REALISTIC_DAYS * 86_400_000,
         attribution_window_ms=WINDOW_S * 1000,
-        click_delay_mean_ms=10_000.0,
-        late_click_share=0.01,
-        duplicate_share=0.01,
-        reorder_within_ms=5_000,
-        orphan_click_share=0.01,
-        malformed_share=0.003,
+        duplicate_share=DUPLICATE_SHARE,
+        reorder_within_ms=REORDER_WITHIN_MS,
+        orphan_click_share=ORPHAN_CLICK_SHARE,
+        malformed_share=MALFORMED_SHARE,
     )
 
 
@@ -337,18 +354,31 @@ def expectations(events: Sequence[Any], window_ms: int) -> Expected:
 
 
 class OutputReader:
-    """Reads the feedback and dead-letter topics from the beginning (no consumer group)."""
+    """Reads every output topic of the workers from the beginning, ``read_committed`` (what a
+    downstream consumer sees), without a consumer group."""
 
-    def __init__(self, bootstrap: str, feedback_topic: str, dlq_topic: str) -> None:
+    def __init__(self, bootstrap: str, topics: TopicNames) -> None:
         self.bootstrap = bootstrap
-        self.feedback_topic = feedback_topic
-        self.dlq_topic = dlq_topic
-        #: (user_id, impression_id) -> (label, ts, score, logit) of the first copy.
-        self.feedback: dict[Key, tuple[int, int, float, float]] = {}
+        self.topics = topics
+        #: (user_id, impression_id) -> the first copy's feedback message.
+        self.feedback: dict[Key, dict[str, Any]] = {}
         self.feedback_messages = 0
         self.conflicting = 0
         self.labels: Counter[int] = Counter()
         self.dlq: Counter[str] = Counter()
+        #: Calibrator versions in topic order (tombstones are counted, not kept).
+        self.versions: list[dict[str, Any]] = []
+        self.tombstones = 0
+        #: "model_id|scope" -> the last version number read, and keys whose versions did not
+        #: strictly increase in topic order.
+        self.last_version: dict[str, int] = {}
+        self.version_regressions: list[str] = []
+        #: (kind, model_id, scope) -> the latest alert message; alert messages by kind/status.
+        self.alert_state: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.alert_counts: Counter[tuple[str, str]] = Counter()
+        #: (user_id, arm) -> the latest posterior snapshot (None: evicted); user -> tier.
+        self.posteriors: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self.tiers: dict[str, str] = {}
         self.first_output_at: float | None = None
         self.last_output_at: float | None = None
         self._consumer: Any = None
@@ -361,16 +391,21 @@ class OutputReader:
     def dlq_total(self) -> int:
         return sum(self.dlq.values())
 
+    def firing(self) -> list[tuple[str, str, str]]:
+        return sorted(key for key, msg in self.alert_state.items()
+                      if msg.get("status") == "firing")
+
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
+        t = self.topics
         self._consumer = AIOKafkaConsumer(
-            self.feedback_topic,
-            self.dlq_topic,
+            t.feedback, t.dlq, t.calibrators, t.alerts, t.posteriors,
             bootstrap_servers=self.bootstrap,
             group_id=None,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
+            isolation_level="read_committed",
             client_id="recal-demo-reader",
         )
         await self._consumer.start()
@@ -381,6 +416,7 @@ class OutputReader:
             self._consumer = None
 
     async def run(self) -> None:
+        t = self.topics
         while True:
             batches = await self._consumer.getmany(timeout_ms=200, max_records=20_000)
             if not batches:
@@ -390,24 +426,172 @@ class OutputReader:
                 self.first_output_at = now
             self.last_output_at = now
             for tp, records in batches.items():
-                if tp.topic == self.feedback_topic:
+                if tp.topic == t.feedback:
                     for record in records:
                         self._feedback(orjson.loads(record.value))
-                else:
+                elif tp.topic == t.dlq:
                     for record in records:
                         self.dlq[str(orjson.loads(record.value).get("reason"))] += 1
+                elif tp.topic == t.calibrators:
+                    for record in records:
+                        self._version(record.key, record.value)
+                elif tp.topic == t.alerts:
+                    for record in records:
+                        self._alert(orjson.loads(record.value))
+                else:
+                    for record in records:
+                        self._posterior(record.key, record.value)
 
     def _feedback(self, fb: dict[str, Any]) -> None:
         self.feedback_messages += 1
         key = (fb["user_id"], fb["impression_id"])
-        label = int(fb["label"])
         seen = self.feedback.get(key)
         if seen is not None:
-            if seen[0] != label:
+            if seen["label"] != fb["label"]:
                 self.conflicting += 1
             return
-        self.labels[label] += 1
-        self.feedback[key] = (label, int(fb["ts"]), float(fb["score"]), float(fb["logit"]))
+        self.labels[int(fb["label"])] += 1
+        self.feedback[key] = fb
+
+    def _version(self, key: bytes | None, value: bytes | None) -> None:
+        if value is None:
+            self.tombstones += 1
+            return
+        msg = orjson.loads(value)
+        self.versions.append(msg)
+        name = f"{msg['model_id']}|{msg['scope']}"
+        last = self.last_version.get(name)
+        if last is not None and msg["version"] <= last:
+            self.version_regressions.append(f"{name}: {last} then {msg['version']}")
+        self.last_version[name] = msg["version"]
+
+    def _alert(self, msg: dict[str, Any]) -> None:
+        self.alert_state[(msg["kind"], msg["model_id"], msg["scope"])] = msg
+        self.alert_counts[(msg["kind"], msg["status"])] += 1
+
+    def _posterior(self, key: bytes | None, value: bytes | None) -> None:
+        user, _, arm = (key or b"").decode("utf-8", "replace").partition("|")
+        obj = None if value is None else orjson.loads(value)
+        if arm == "":  # a tier change, keyed by the user alone
+            if obj is not None and obj.get("type") == "tier_change":
+                self.tiers[obj["user_id"]] = obj["to_tier"]
+            return
+        if user != "*":  # not the partition's population posterior of the arm
+            self.posteriors[(user, arm)] = obj
+
+    def posterior_mismatches(self) -> list[tuple[tuple[str, str], int | None, int]]:
+        """(user, arm) pairs whose latest snapshot's ``n`` differs from their feedback count."""
+        want = Counter((fb["user_id"], fb["arm"]) for fb in self.feedback.values()
+                       if fb.get("arm") is not None)
+        bad = []
+        for pair in set(want) | set(self.posteriors):
+            obj = self.posteriors.get(pair)
+            got = None if obj is None else int(obj["n"])
+            if got != want.get(pair, 0):
+                bad.append((pair, got, want.get(pair, 0)))
+        return sorted(bad, key=lambda b: b[0])
+
+
+# --- prequential scoring ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Labels with the raw score and recal's prequential probability, in feedback order."""
+
+    y: np.ndarray
+    raw: np.ndarray
+    recal: np.ndarray
+    segment: np.ndarray  # segment names (object array)
+
+    @property
+    def n(self) -> int:
+        return int(self.y.size)
+
+
+def prequential_scores(
+    feedback: Sequence[dict[str, Any]], versions: Sequence[dict[str, Any]]
+) -> Scored:
+    """Each label scored by the newest calibrator version whose ``event_ts`` is at or before
+    its impression's ``ts``, along serving's fallback chain user -> segment -> global ->
+    identity (the raw score). Vectorised per version, so it can run every few seconds.
+
+    >>> fb = [{"ts": 10, "label": 1, "score": 0.5, "logit": 0.0, "segment": "a",
+    ...        "user_id": "u", "model_id": "m"},
+    ...       {"ts": 30, "label": 0, "score": 0.5, "logit": 0.0, "segment": "a",
+    ...        "user_id": "u", "model_id": "m"}]
+    >>> v = [{"model_id": "m", "scope": "global", "event_ts": 20, "method": "platt",
+    ...       "params": {"a": 1.0, "b": -1.0}}]
+    >>> s = prequential_scores(fb, v)
+    >>> s.recal.round(3).tolist()
+    [0.5, 0.269]
+    """
+    from worker.core.calibrators import calibrator_from_dict
+    from worker.core.records.scope import GLOBAL, SEGMENT_PREFIX, USER_PREFIX
+
+    n = len(feedback)
+    y = np.fromiter((fb["label"] for fb in feedback), dtype=np.int8, count=n)
+    raw = np.fromiter((fb["score"] for fb in feedback), dtype=np.float64, count=n)
+    logit = np.fromiter((fb["logit"] for fb in feedback), dtype=np.float64, count=n)
+    ts = np.fromiter((fb["ts"] for fb in feedback), dtype=np.int64, count=n)
+    segment = np.array([fb["segment"] for fb in feedback], dtype=object)
+    recal = raw.copy()
+    resolved = np.zeros(n, dtype=bool)
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for msg in versions:
+        by_key.setdefault((msg["model_id"], msg["scope"]), []).append(msg)
+    if by_key:
+        model = np.array([fb["model_id"] for fb in feedback], dtype=object)
+        user = np.array([fb["user_id"] for fb in feedback], dtype=object)
+        # Most specific first: a label served by a user version is not re-served below.
+        for prefix in (USER_PREFIX, SEGMENT_PREFIX, GLOBAL):
+            for (model_id, scope), msgs in by_key.items():
+                if not scope.startswith(prefix):
+                    continue
+                match = (model == model_id) & ~resolved
+                if prefix == USER_PREFIX:
+                    match &= user == scope[len(USER_PREFIX):]
+                elif prefix == SEGMENT_PREFIX:
+                    match &= segment == scope[len(SEGMENT_PREFIX):]
+                rows = np.flatnonzero(match)
+                if rows.size == 0:
+                    continue
+                msgs = sorted(msgs, key=lambda m: m["event_ts"])
+                starts = np.array([m["event_ts"] for m in msgs], dtype=np.int64)
+                which = np.searchsorted(starts, ts[rows], side="right") - 1
+                for j in np.unique(which[which >= 0]):
+                    picked = rows[which == j]
+                    cal = calibrator_from_dict(msgs[j])
+                    recal[picked] = np.asarray(cal.apply_logit(logit[picked]), dtype=np.float64)
+                    resolved[picked] = True
+    return Scored(y=y, raw=raw, recal=recal, segment=segment)
+
+
+def scored_summary(scored: Scored) -> dict[str, Any]:
+    """ECE (with its noise floor) and log loss of the raw scores and of recal's, overall and
+    per segment."""
+    from worker.core.metrics import calibration_metrics
+
+    def brief(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        r = calibration_metrics(p, y)
+        lo, hi = r.ece_ci
+        return {"n": int(r.n), "positives": int(r.positives), "ece": r.ece,
+                "ece_ci": [lo, hi], "ece_floor": r.ece_floor, "nll": r.nll, "brier": r.brier}
+
+    def pair(mask: np.ndarray | None) -> dict[str, Any]:
+        y = scored.y if mask is None else scored.y[mask]
+        raw = scored.raw if mask is None else scored.raw[mask]
+        recal = scored.recal if mask is None else scored.recal[mask]
+        return {"raw": brief(raw, y), "recal": brief(recal, y)}
+
+    if scored.n < _MIN_CALIBRATION_N:
+        return {"n": scored.n, "skipped": f"fewer than {_MIN_CALIBRATION_N} labels"}
+    out: dict[str, Any] = {"n": scored.n, "overall": pair(None), "segments": {}}
+    for seg in sorted(set(scored.segment.tolist())):
+        mask = scored.segment == seg
+        if int(mask.sum()) >= _MIN_CALIBRATION_N:
+            out["segments"][seg] = pair(mask)
+    return out
 
 
 # --- the worker's metrics ---------------------------------------------------------------------
@@ -459,8 +643,8 @@ def http_status(port: int, path: str, timeout_s: float = 2.0) -> int:
 
 
 class LiveView:
-    """One status line refreshed twice a second on a terminal; a plain line every 5 s
-    otherwise. Progress notes (``say``) print as their own lines in both cases."""
+    """A block of status lines redrawn twice a second on a terminal; the block every 5 s
+    otherwise (when it changed). Progress notes (``say``) print as their own lines."""
 
     def __init__(self, out: TextIO, started: float) -> None:
         self.out = out
@@ -470,9 +654,13 @@ class LiveView:
         self.produced = 0
         self.acked = 0
         self.processed: int | None = None
+        self.rate = 0.0
         self.reader: OutputReader | None = None
         self.expected: Expected | None = None
-        self._shown = False
+        self.calibration: dict[str, Any] | None = None
+        self._rate_at: tuple[float, int] | None = None
+        self._scored_at = 0.0
+        self._shown = 0  # lines of the block on screen
         self._last_plain = 0.0
         self._last_body = ""
 
@@ -487,29 +675,92 @@ class LiveView:
     def on_progress(self, sent: int, acked: int) -> None:
         self.produced, self.acked = sent, acked
 
-    def line(self) -> str:
-        parts = [f"produced {self.produced:,}/{self.total:,}"]
+    def on_processed(self, processed: int) -> None:
+        now = time.monotonic()
+        if self._rate_at is not None and now - self._rate_at[0] >= 1.0:
+            self.rate = (processed - self._rate_at[1]) / (now - self._rate_at[0])
+            self._rate_at = (now, processed)
+        elif self._rate_at is None:
+            self._rate_at = (now, processed)
+        self.processed = processed
+
+    def rescore(self, force: bool = False) -> None:
+        """Recompute the prequential ECE from everything read so far (every 2 s)."""
+        reader = self.reader
+        now = time.monotonic()
+        if reader is None or not reader.feedback or (
+                not force and now - self._scored_at < _SCORE_PERIOD_S):
+            return
+        self._scored_at = now
+        self.calibration = scored_summary(
+            prequential_scores(list(reader.feedback.values()), reader.versions))
+
+    def lines(self) -> list[str]:
+        head = f"[{self.elapsed():6.1f}s] "
+        pad = " " * len(head)
+        parts = [f"events produced {self.produced:,}/{self.total:,}"]
         if self.processed is not None:
             lag = max(0, self.produced - self.processed)
-            parts.append(f"processed {self.processed:,} (lag {lag:,})")
+            parts.append(f"processed {self.processed:,} ({self.rate:,.0f}/s)")
+            parts.append(f"lag {lag:,}")
+        rows = [head + " | ".join(parts)]
         reader = self.reader
-        if reader is not None:
-            want = f"/{len(self.expected.labels):,}" if self.expected is not None else ""
-            parts.append(
-                f"feedback {len(reader.feedback):,}{want} "
-                f"(+{reader.labels[1]:,} -{reader.labels[0]:,})"
+        if reader is None:
+            return rows
+        want = f"/{len(self.expected.labels):,}" if self.expected is not None else ""
+        reasons = " ".join(f"{_SHORT_REASON.get(r, r)} {n}" for r, n in sorted(reader.dlq.items()))
+        rows.append(
+            pad + f"feedback {len(reader.feedback):,}{want} (+{reader.labels[1]:,} "
+            f"-{reader.labels[0]:,}) | dlq {reader.dlq_total:,}"
+            + (f" ({reasons})" if reasons else "")
+        )
+        cal = self.calibration
+        if cal is not None and "overall" in cal:
+            segs = " ".join(
+                f"{seg} {v['raw']['ece']:.4f}->{v['recal']['ece']:.4f}"
+                for seg, v in cal["segments"].items()
             )
-            reasons = " ".join(
-                f"{_SHORT_REASON.get(r, r)} {n}" for r, n in sorted(reader.dlq.items())
+            o = cal["overall"]
+            rows.append(
+                pad + f"ECE raw -> recal: all {o['raw']['ece']:.4f}->{o['recal']['ece']:.4f} "
+                f"(floor {o['recal']['ece_floor']:.4f}, n {cal['n']:,})"
+                + (f" | {segs}" if segs else "")
             )
-            parts.append(f"dlq {reader.dlq_total:,}" + (f" ({reasons})" if reasons else ""))
-        return f"[{self.elapsed():6.1f}s] " + " | ".join(parts)
+        scopes = Counter(
+            "global" if v["scope"] == "global" else v["scope"].split(":", 1)[0]
+            for v in reader.versions
+        )
+        newest = next((v for v in reversed(reader.versions) if v["scope"] == "global"), None)
+        served = (f" | global v{newest['version']} {newest['method']}"
+                  if newest is not None else "")
+        rows.append(
+            pad + f"calibrators {len(reader.versions):,} versions ("
+            + ", ".join(f"{k} {n:,}" for k, n in sorted(scopes.items())) + ")" + served
+        )
+        firing = reader.firing()
+        raised = sum(n for (_kind, status), n in reader.alert_counts.items()
+                     if status == "firing")
+        rows.append(
+            pad + "alerts firing: "
+            + (", ".join(f"{k} ({s})" for k, _m, s in firing[:4]) if firing else "none")
+            + (f" +{len(firing) - 4}" if len(firing) > 4 else "")
+            + f" | raised {raised:,}"
+        )
+        tiers = Counter(reader.tiers.values())
+        rows.append(
+            pad + "tiers: " + (" ".join(f"{t} {n:,}" for t, n in sorted(tiers.items()))
+                               if tiers else "none yet")
+            + f" | posteriors {len(reader.posteriors):,} (user, arm) pairs"
+        )
+        return rows
 
     def render(self) -> None:
         if self.tty:
             width = shutil.get_terminal_size((120, 24)).columns
-            self.out.write("\r" + self.line()[: max(20, width - 1)] + "\x1b[K")
-            self._shown = True
+            self._clear()
+            rows = [row[: max(20, width - 1)] for row in self.lines()]
+            self.out.write("\n".join(rows) + "\n")
+            self._shown = len(rows)
         else:
             now = time.monotonic()
             if now - self._last_plain < _PLAIN_PERIOD_S:
@@ -519,34 +770,38 @@ class LiveView:
         self.out.flush()
 
     def _print_plain(self) -> None:
-        # The elapsed-time prefix always differs; repeat a line only when the counts moved.
-        text = self.line()
-        body = text.split("] ", 1)[-1]
+        # The elapsed-time prefix always differs; repeat the block only when it moved.
+        rows = self.lines()
+        body = "\n".join([rows[0].split("] ", 1)[-1], *rows[1:]])
         if body != self._last_body:
             self._last_body = body
-            self.out.write(text + "\n")
+            self.out.write("\n".join(rows) + "\n")
 
-    async def run(self, port: int) -> None:
+    async def run(self, ports: Sequence[int]) -> None:
         while True:
-            metrics = await asyncio.to_thread(scrape_metrics, port)
-            if metrics is not None:
-                self.processed = metrics["processed"]
+            scraped = await asyncio.gather(
+                *(asyncio.to_thread(scrape_metrics, port) for port in ports))
+            if all(m is not None for m in scraped):
+                self.on_processed(sum(m["processed"] for m in scraped if m is not None))
+            self.rescore()
             self.render()
             await asyncio.sleep(_LIVE_PERIOD_S)
 
     def close(self) -> None:
-        if self.tty and self._shown:
-            self.out.write("\r" + self.line() + "\x1b[K\n")
-            self.out.flush()
-            self._shown = False
-        elif not self.tty:
+        if self.tty:
+            self.rescore(force=True)
+            self.render()
+            self._shown = 0
+        else:
+            self.rescore(force=True)
             self._print_plain()
             self.out.flush()
 
     def _clear(self) -> None:
         if self.tty and self._shown:
-            self.out.write("\r\x1b[K")
-            self._shown = False
+            # Up to the block's first line, then clear to the end of the screen.
+            self.out.write(f"\x1b[{self._shown}F\x1b[J")
+            self._shown = 0
 
 
 # --- the demo ---------------------------------------------------------------------------------
@@ -554,6 +809,7 @@ class LiveView:
 
 @dataclass
 class _Worker:
+    index: int
     proc: subprocess.Popen[bytes]
     log_path: Path
     web_port: int | None = None
@@ -574,21 +830,20 @@ class Demo:
         self.opts = opts
         self.out = out
         self.result: dict[str, Any] = {}
+        self.checks: dict[str, bool] = {}
         self.started = time.monotonic()
         self.live = LiveView(self.out, self.started)
         self.kafka: Any = None
         self.broker_pid: int | None = None
         self.bootstrap: str | None = None
-        self.worker: _Worker | None = None
-        self.worker_started = self.started
+        self.workers: list[_Worker] = []
+        self.workers_started = self.started
         self.reader: OutputReader | None = None
         self.timings: dict[str, float] = {}
         self.owns_dir = self.opts.data_dir is None
         self.dir = self.opts.data_dir  # set in execute when temporary
-        self.topics = {
-            short: f"{self.opts.topic_prefix}{short}"
-            for short in ("impressions", "clicks", "feedback", "dlq")
-        }
+        self.names = TopicNames.from_prefix(self.opts.topic_prefix)
+        self.report_path: Path | None = None
         self.error: str | None = None
         self.interrupted = False
         self.processes: dict[str, Any] = {}
@@ -601,23 +856,21 @@ class Demo:
             self.dir = Path(tempfile.mkdtemp(prefix="recal-demo-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.live.say(
-            f"recal demo: {opts.events:,} impressions, {opts.partitions} partitions, "
-            f"seed {opts.seed}; data in {self.dir}"
+            f"recal demo: {opts.events:,} impressions (realistic scenario, seed {opts.seed}), "
+            f"{opts.workers} workers, {opts.partitions} partitions; data in {self.dir}"
         )
         self._start_broker()
         self._create_topics()
-        self._start_worker()
-        self._wait_worker_ready()
-        # Generated now, not while the worker starts: event times begin at the wall clock
-        # of the send, so the idle watermark advance (wall - idle timeout - lateness) can
-        # never close an impression's window before the impression arrives.
+        self._start_workers()
+        self._wait_workers_ready()
         phase = time.monotonic()
         events, expected = self._generate(int(time.time() * 1000))
         self.timings["generate_s"] = time.monotonic() - phase
         asyncio.run(self._stream(events, expected))
         self._final_metrics()
-        self._stop_worker()
+        self._stop_workers()
         self._evaluate(expected)
+        self._write_report()
 
     def _phase(self, name: str, since: float) -> float:
         self.timings[name] = time.monotonic() - since
@@ -641,21 +894,21 @@ class Demo:
         self.live.say(f"broker ready at {self.bootstrap} (pid {self.broker_pid}) in {took:.1f} s")
 
     def _create_topics(self) -> None:
-        from worker.localkafka import TopicSpec, create_topics
+        from worker.runtime.topics import ensure_topics
+        from worker.settings import Settings
 
         assert self.bootstrap is not None
         since = time.monotonic()
-        n = self.opts.partitions
-        asyncio.run(
-            create_topics(self.bootstrap, [TopicSpec(t, n) for t in self.topics.values()])
-        )
+        settings = Settings(bootstrap_servers=self.bootstrap, topic_prefix=self.opts.topic_prefix,
+                            partitions=self.opts.partitions)
+        plan = asyncio.run(ensure_topics(settings, self.names))
         took = self._phase("topics_s", since)
         self.live.say(
-            f"topics {', '.join(self.topics.values())} created with {n} partitions "
-            f"in {took:.1f} s"
+            f"{len(plan.create)} topics ({self.opts.topic_prefix}*) created with "
+            f"{plan.partitions} partitions in {took:.1f} s"
         )
 
-    def _start_worker(self) -> None:
+    def _start_workers(self) -> None:
         assert self.dir is not None and self.bootstrap is not None
         opts = self.opts
         cmd = [
@@ -668,91 +921,101 @@ class Demo:
             "--attribution-window", str(WINDOW_S),
             "--allowed-lateness", str(LATENESS_S),
             "--idle-timeout-s", str(IDLE_TIMEOUT_S),
+            "--posterior-interval-s", str(POSTERIOR_INTERVAL_S),
         ]
         # The demo is self-contained: RECAL_* settings of the caller's shell (a production
-        # bootstrap, TLS, ...) must not leak into a worker that talks to the local broker.
+        # bootstrap, TLS, ...) must not leak into workers that talk to the local broker.
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECAL_")}
         env["PYTHONUNBUFFERED"] = "1"
-        log_path = self.dir / "worker.log"
-        with log_path.open("wb") as log_fh:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                env=env,
-                # Its own session: a Ctrl-C reaches the demo only, which then stops the
-                # worker first (it commits through the broker) and the broker last.
-                start_new_session=True,
-            )
-        self.worker = _Worker(proc, log_path)
-        self.worker_started = time.monotonic()
+        self.workers_started = time.monotonic()
+        for i in range(opts.workers):
+            log_path = self.dir / f"worker-{i}.log"
+            with log_path.open("wb") as log_fh:
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fh,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.dir,
+                    env=env,
+                    # Their own session: a Ctrl-C reaches the demo only, which then stops
+                    # the workers first (they commit through the broker) and the broker last.
+                    start_new_session=True,
+                )
+            self.workers.append(_Worker(i, proc, log_path))
+            self.live.say(f"worker {i} starting (pid {proc.pid}); log {log_path}")
         self.live.say(
-            f"worker starting (pid {proc.pid}): W {WINDOW_S} s, lateness {LATENESS_S} s, "
-            f"idle timeout {IDLE_TIMEOUT_S} s; log {log_path}"
+            f"workers: W {WINDOW_S} s, lateness {LATENESS_S} s, idle timeout {IDLE_TIMEOUT_S} s, "
+            f"one consumer group ({opts.app_id})"
         )
 
-    def _generate(self, start_ts_ms: int) -> tuple[list[Any], Expected]:
+    def _generate(self, end_ts_ms: int) -> tuple[list[Any], Expected]:
         from worker.sim.streamrec import generate
 
-        scenario = demo_scenario(self.opts.events, self.opts.seed, start_ts_ms)
+        # The stream ends a window before the wall clock: the flush impressions (last ts +
+        # W + lateness + 5 s) are then stamped about now, far inside the future bound.
+        end = end_ts_ms - (WINDOW_S + LATENESS_S) * 1000 - FLUSH_MARGIN_MS
+        scenario = demo_scenario(self.opts.events, self.opts.seed, end)
         events = list(generate(scenario))
         expected = expectations(events, WINDOW_S * 1000)
         s = expected.stream
         self.result["stream"] = {**s, "partitions": self.opts.partitions, "seed": self.opts.seed,
-                                 "served_temperature": SERVED_TEMPERATURE}
+                                 "scenario": "realistic", "drift_at_event": scenario.drift_at_event}
         self.live.say(
-            f"generated {len(events):,} lines: {s['impressions']:,} impressions, "
-            f"{s['clicks']:,} clicks ({s['late_clicks']:,} late), {s['orphan_clicks']:,} orphan "
-            f"clicks, {s['duplicate_impressions'] + s['duplicate_clicks']:,} duplicates, "
-            f"{s['malformed']:,} malformed; oracle: {len(expected.labels):,} labels, "
+            f"generated {len(events):,} lines over 6 days of event time: {s['impressions']:,} "
+            f"impressions, {s['clicks']:,} clicks ({s['late_clicks']:,} late), "
+            f"{s['orphan_clicks']:,} orphan clicks, "
+            f"{s['duplicate_impressions'] + s['duplicate_clicks']:,} duplicates, "
+            f"{s['malformed']:,} malformed; the served model is retrained at impression "
+            f"{scenario.drift_at_event:,}; oracle: {len(expected.labels):,} labels, "
             f"{sum(expected.labels.values()):,} positive"
         )
         return events, expected
 
-    def _wait_worker_ready(self) -> None:
-        worker = self.worker
-        assert worker is not None
-        deadline = self.worker_started + _READY_TIMEOUT_S
+    def _wait_workers_ready(self) -> None:
+        deadline = self.workers_started + _READY_TIMEOUT_S
         pattern = re.compile(r"web on http://[\d.]+:(\d+)")
-        while True:
-            code = worker.proc.poll()
-            if code is not None:
-                raise DemoError(f"the worker exited with code {code} during start-up")
-            if worker.web_port is None:
-                with contextlib.suppress(OSError):
-                    match = pattern.search(worker.log_path.read_text(errors="replace"))
-                    if match:
-                        worker.web_port = int(match.group(1))
-            if worker.web_port is not None and http_status(worker.web_port, "/readyz") == 200:
-                break
-            if time.monotonic() > deadline:
-                raise DemoError(f"the worker was not ready after {_READY_TIMEOUT_S:.0f} s")
-            time.sleep(0.2)
-        took = self._phase("worker_ready_s", self.worker_started)
-        self.live.say(
-            f"worker ready in {took:.1f} s (metrics on http://127.0.0.1:{worker.web_port}/metrics)"
-        )
+        for worker in self.workers:
+            while True:
+                code = worker.proc.poll()
+                if code is not None:
+                    raise DemoError(f"worker {worker.index} exited with code {code} during "
+                                    "start-up")
+                if worker.web_port is None:
+                    with contextlib.suppress(OSError):
+                        match = pattern.search(worker.log_path.read_text(errors="replace"))
+                        if match:
+                            worker.web_port = int(match.group(1))
+                if worker.web_port is not None and http_status(worker.web_port, "/readyz") == 200:
+                    break
+                if time.monotonic() > deadline:
+                    raise DemoError(f"worker {worker.index} was not ready after "
+                                    f"{_READY_TIMEOUT_S:.0f} s")
+                time.sleep(0.2)
+        took = self._phase("workers_ready_s", self.workers_started)
+        ports = ", ".join(f"http://127.0.0.1:{w.web_port}/metrics" for w in self.workers)
+        self.live.say(f"workers ready in {took:.1f} s (metrics on {ports})")
+
+    def _ports(self) -> list[int]:
+        return [w.web_port for w in self.workers if w.web_port is not None]
 
     async def _stream(self, events: list[Any], expected: Expected) -> None:
         from worker.sim.kafka_sink import FLUSH_PER_PARTITION, send_flush, send_to_kafka
 
-        assert self.bootstrap is not None and self.worker is not None
-        assert self.worker.web_port is not None
+        assert self.bootstrap is not None and self.workers
         opts = self.opts
-        reader = OutputReader(self.bootstrap, self.topics["feedback"], self.topics["dlq"])
+        reader = OutputReader(self.bootstrap, self.names)
         await reader.start()
         live = self.live
         live.reader, live.expected = reader, expected
-        live.total = len(events) + opts.partitions
+        live.total = len(events) + opts.partitions * FLUSH_PER_PARTITION
         tasks = [
             asyncio.ensure_future(reader.run()),
-            asyncio.ensure_future(live.run(self.worker.web_port)),
+            asyncio.ensure_future(live.run(self._ports())),
         ]
         try:
-            live.say(f"sending the stream to {self.topics['impressions']} and "
-                     f"{self.topics['clicks']}, keyed by user_id")
+            live.say(f"sending the stream to {self.names.impressions} and "
+                     f"{self.names.clicks}, keyed by user_id")
             first_send = time.monotonic()
             sent = await send_to_kafka(
                 events, self.bootstrap, opts.topic_prefix, progress=live.on_progress
@@ -773,10 +1036,10 @@ class Demo:
                 f"sent {sent.messages:,} messages in {sent.seconds:.1f} s "
                 f"({sent.messages_per_second:,.0f} msg/s, acks=all), then "
                 f"{n_flush} flush impressions ({produce_s:.1f} s in all); "
-                "waiting for the worker"
+                "waiting for the workers"
             )
             # A stall bound, not a total one: a long stream may take minutes on a slow
-            # machine, but a worker that moves nothing for --timeout seconds is stuck.
+            # machine, but workers that move nothing for --timeout seconds are stuck.
             last_progress, progress = time.monotonic(), (-1, -1, live.processed)
             while not (
                 len(reader.feedback) >= len(expected.labels)
@@ -790,9 +1053,11 @@ class Demo:
                     if task.done():
                         task.result()  # re-raise what ended it
                         raise DemoError("a monitoring task ended early")
-                code = self.worker.proc.poll()
-                if code is not None:
-                    raise DemoError(f"the worker exited with code {code} while processing")
+                for worker in self.workers:
+                    code = worker.proc.poll()
+                    if code is not None:
+                        raise DemoError(
+                            f"worker {worker.index} exited with code {code} while processing")
                 if now - last_progress > opts.timeout_s:
                     raise DemoError(
                         f"no progress for {opts.timeout_s:g} s: only {len(reader.feedback):,} of "
@@ -804,18 +1069,19 @@ class Demo:
             self.timings["drain_s"] = complete - first_send - produce_s
             self.timings["end_to_end_s"] = complete - first_send
             self.result["end_to_end"] = {
-                "input_messages": sent.messages + opts.partitions,
+                "input_messages": sent.messages + n_flush,
                 "seconds": round(complete - first_send, 3),
                 "messages_per_second": round(
-                    (sent.messages + opts.partitions) / max(complete - first_send, 1e-9)
+                    (sent.messages + n_flush) / max(complete - first_send, 1e-9)
                 ),
                 "first_output_after_s": (
                     round(reader.first_output_at - first_send, 3)
                     if reader.first_output_at is not None else None
                 ),
             }
-            # Anything extra (a duplicate label) would show up now.
-            await asyncio.sleep(_SETTLE_S)
+            # Anything extra (a duplicate label) would show up now, and the last posterior
+            # drains (every POSTERIOR_INTERVAL_S) arrive.
+            await asyncio.sleep(max(_SETTLE_S, 2.0 * POSTERIOR_INTERVAL_S))
             live.render()
         finally:
             for task in tasks:
@@ -834,32 +1100,42 @@ class Demo:
             "negatives": reader.labels[0],
             "duplicates": reader.duplicates,
             "dead_letters": dict(sorted(reader.dlq.items())),
+            "calibrator_versions": len(reader.versions),
+            "calibrator_tombstones": reader.tombstones,
+            "alerts": {f"{k}:{st}": n for (k, st), n in sorted(reader.alert_counts.items())},
+            "alerts_firing_at_end": [list(key) for key in reader.firing()],
+            "tiers": dict(sorted(Counter(reader.tiers.values()).items())),
+            "posterior_pairs": len(reader.posteriors),
         }
 
     def _final_metrics(self) -> None:
-        assert self.worker is not None and self.worker.web_port is not None
-        metrics = scrape_metrics(self.worker.web_port, timeout_s=3.0)
-        if metrics is not None:
-            self.result["worker_metrics"] = metrics
+        scraped = [scrape_metrics(port, timeout_s=3.0) for port in self._ports()]
+        if scraped and all(m is not None for m in scraped):
+            self.result["worker_metrics"] = {
+                "processed": sum(m["processed"] for m in scraped if m is not None),
+                "processed_by_worker": [m["processed"] for m in scraped if m is not None],
+                "late_clicks": sum(m["late_clicks"] for m in scraped if m is not None),
+            }
 
-    def _stop_worker(self) -> None:
-        worker = self.worker
-        if worker is None or worker.exit_code is not None:
-            return
+    def _stop_workers(self) -> None:
         since = time.monotonic()
-        proc = worker.proc
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        running = [w for w in self.workers if w.exit_code is None]
+        for worker in running:
+            if worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGTERM)
+        for worker in running:
+            proc = worker.proc
             try:
                 proc.wait(_STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                log.warning("worker (pid %d) ignored SIGTERM for %.0f s; killing it",
-                            proc.pid, _STOP_TIMEOUT_S)
+                log.warning("worker %d (pid %d) ignored SIGTERM for %.0f s; killing it",
+                            worker.index, proc.pid, _STOP_TIMEOUT_S)
                 proc.kill()
                 proc.wait(10)
-        worker.exit_code = proc.returncode
-        self.timings["worker_stop_s"] = time.monotonic() - since
-        self.processes["worker_exit"] = proc.returncode
+            worker.exit_code = proc.returncode
+        if running:
+            self.timings["workers_stop_s"] = time.monotonic() - since
+        self.processes["worker_exits"] = [w.exit_code for w in self.workers]
 
     def _stop_broker(self) -> None:
         if self.kafka is None:
@@ -871,27 +1147,39 @@ class Demo:
         self.kafka.stop(timeout_s=_STOP_TIMEOUT_S)
         self.timings["broker_stop_s"] = time.monotonic() - since
 
+    def _write_report(self) -> None:
+        """The HTML report, from the output topics (as ``recal report --bootstrap-servers``)."""
+        from worker.report import build_report, dump_topics
+
+        assert self.dir is not None and self.bootstrap is not None
+        since = time.monotonic()
+        outputs = self.dir / "outputs"
+        dump_topics(self.bootstrap, self.opts.topic_prefix, outputs)
+        self.report_path = build_report(outputs, self.opts.report.resolve(), title="recal demo")
+        took = self._phase("report_s", since)
+        self.live.say(f"report written to {self.report_path} in {took:.1f} s")
+
     def fail(self, message: str, *, interrupted: bool = False) -> None:
         self.error = message
         self.interrupted = interrupted
         self.live._clear()
 
     def cleanup(self) -> None:
-        """Stop the worker, then the broker; record what is left. Never raises."""
+        """Stop the workers, then the broker; record what is left. Never raises."""
         from worker.localkafka.broker import pid_alive
 
-        for step in (self._stop_worker, self._stop_broker):
+        for step in (self._stop_workers, self._stop_broker):
             try:
                 step()
             except Exception as exc:  # clean-up goes on; the report says what failed
                 log.error("clean-up step %s failed: %r", step.__name__, exc)
                 if self.error is None:
                     self.error = f"clean-up failed: {exc!r}"
-        worker_pid = self.worker.proc.pid if self.worker is not None else None
+        worker_pids = [w.proc.pid for w in self.workers]
         self.processes.update(
             {
-                "worker_pid": worker_pid,
-                "worker_alive": bool(worker_pid and pid_alive(worker_pid)),
+                "worker_pids": worker_pids,
+                "workers_alive": [pid for pid in worker_pids if pid_alive(pid)],
                 "broker_pid": self.broker_pid,
                 "broker_alive": bool(self.broker_pid and pid_alive(self.broker_pid)),
                 "broker_kept": bool(self.processes.get("broker_kept")),
@@ -909,7 +1197,7 @@ class Demo:
     def _evaluate(self, expected: Expected) -> None:
         reader = self.reader
         assert reader is not None
-        got = {key: value[0] for key, value in reader.feedback.items()}
+        got = {key: fb["label"] for key, fb in reader.feedback.items()}
         want = expected.labels
         missing = [k for k in want if k not in got]
         extra = [k for k in got if k not in want]
@@ -931,15 +1219,42 @@ class Demo:
             "expected": dict(sorted(expected.dlq.items())),
             "match": dlq_match,
         }
-        self.result["calibration"] = calibration_summary(reader.feedback, expected.true_p)
-        worker_ok = self.worker is not None and self.worker.exit_code == 0
-        if not worker_ok and self.worker is not None:
-            self.error = f"the worker exited with code {self.worker.exit_code} after SIGTERM"
-        self.result["ok"] = bool(equal and dlq_match and worker_ok)
-        if not equal:
-            self.error = "the Kafka feedback differs from the batch oracle's labels"
-        elif not dlq_match:
-            self.error = "the dead letters differ from the expected ones"
+        calibration = scored_summary(
+            prequential_scores(list(reader.feedback.values()), reader.versions))
+        self.result["calibration"] = calibration
+        mismatched = reader.posterior_mismatches()
+        self.result["posteriors"] = {
+            "pairs": len(reader.posteriors),
+            "mismatched": len(mismatched),
+            "examples": [[list(pair), got_n, want_n] for pair, got_n, want_n in mismatched[:5]],
+        }
+        versions_by_scope = Counter(
+            "global" if v["scope"] == "global" else v["scope"].split(":", 1)[0]
+            for v in reader.versions
+        )
+        self.result["calibrators"] = {
+            "versions": len(reader.versions),
+            "by_scope": dict(sorted(versions_by_scope.items())),
+            "by_method": dict(sorted(Counter(v["method"] for v in reader.versions).items())),
+            "regressions": reader.version_regressions[:5],
+        }
+        overall = calibration.get("overall")
+        self.checks = {
+            "feedback equals the batch oracle (exactly once)": equal,
+            "dead letters as expected": dlq_match,
+            "calibrator versions published, strictly increasing per key": (
+                versions_by_scope.get("global", 0) > 0 and not reader.version_regressions),
+            "recal's ECE below the raw scores'": bool(
+                overall and overall["recal"]["ece"] < overall["raw"]["ece"]),
+            "recal's log loss not above the raw scores'": bool(
+                overall and overall["recal"]["nll"] <= overall["raw"]["nll"]),
+            "posterior n per (user, arm) equals its feedback count": not mismatched,
+            "every worker exited 0 after SIGTERM": all(w.exit_code == 0 for w in self.workers),
+        }
+        failed = [name for name, ok in self.checks.items() if not ok]
+        self.result["ok"] = not failed
+        if failed:
+            self.error = "check failed: " + "; ".join(failed)
 
     # -- output --
 
@@ -953,22 +1268,25 @@ class Demo:
             "feedback_equals_oracle": bool(
                 self.result.get("oracle", {}).get("feedback_equals_oracle")
             ),
+            "checks": self.checks,
             **{k: v for k, v in self.result.items() if k != "ok"},
             "settings": {
                 "events": self.opts.events,
+                "workers": self.opts.workers,
                 "partitions": self.opts.partitions,
                 "seed": self.opts.seed,
                 "window_s": WINDOW_S,
                 "allowed_lateness_s": LATENESS_S,
                 "idle_timeout_s": IDLE_TIMEOUT_S,
-                "topics": self.topics,
+                "topic_prefix": self.opts.topic_prefix,
                 "app_id": self.opts.app_id,
             },
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "total_s": round(time.monotonic() - self.started, 3),
             "processes": self.processes,
             "data_dir": str(self.dir) if self.dir is not None else None,
-            "worker_log": str(self.worker.log_path) if self.worker is not None else None,
+            "html_report": str(self.report_path) if self.report_path is not None else None,
+            "worker_logs": [str(w.log_path) for w in self.workers],
             "broker_log": str(self.kafka.log_file) if self.kafka is not None else None,
         }
 
@@ -984,87 +1302,34 @@ class Demo:
 
     def print_report(self) -> None:
         self.out.write(format_report(self.report_dict()))
-        if self.error is not None and not self.interrupted and self.worker is not None:
-            self.out.write(
-                f"\nlast {_LOG_TAIL_LINES} lines of the worker log ({self.worker.log_path}):\n"
-                f"{self.worker.tail()}\n"
-            )
+        if self.error is not None and not self.interrupted:
+            for worker in self.workers:
+                self.out.write(
+                    f"\nlast {_LOG_TAIL_LINES} lines of worker {worker.index}'s log "
+                    f"({worker.log_path}):\n{worker.tail()}\n"
+                )
         self.out.flush()
         if self.error is not None:
             print(f"recal demo: {self.error}", file=sys.stderr)
 
 
-# --- calibration ------------------------------------------------------------------------------
-
-
-def calibration_summary(
-    feedback: dict[Key, tuple[int, int, float, float]], true_p: dict[Key, float]
-) -> dict[str, Any]:
-    """ECE of the served scores on the feedback; a temperature fit on the first half (by
-    event time) applied to the second half; and the true probabilities as the reference."""
-    from worker.core.calibrators import TemperatureCalibrator
-    from worker.core.metrics import calibration_metrics
-
-    n = len(feedback)
-    if n < _MIN_CALIBRATION_N:
-        return {"n": n, "skipped": f"fewer than {_MIN_CALIBRATION_N} labels"}
-    keys = list(feedback)
-    rows = np.array([feedback[k] for k in keys], dtype=np.float64)
-    order = np.argsort(rows[:, 1], kind="stable")
-    rows = rows[order]
-    keys = [keys[i] for i in order]
-    y, score, logit = rows[:, 0], rows[:, 2], rows[:, 3]
-
-    def brief(report: Any) -> dict[str, Any]:
-        lo, hi = report.ece_ci
-        return {
-            "n": int(report.n),
-            "positives": int(report.positives),
-            "ece": report.ece,
-            "ece_ci": [lo, hi],
-            "ece_floor": report.ece_floor,
-            "nll": report.nll,
-            "brier": report.brier,
-        }
-
-    out: dict[str, Any] = {"raw": brief(calibration_metrics(score, y))}
-    truth = np.array([true_p.get(k, math.nan) for k in keys])
-    if np.isfinite(truth).all():
-        out["true_p"] = brief(calibration_metrics(truth, y))
-    half = n // 2
-    cal = TemperatureCalibrator.fit(logit[:half], y[:half])
-    after = np.asarray(cal.apply_logit(logit[half:]), dtype=np.float64)
-    out["temperature_fit"] = {
-        "fit_n": half,
-        "temperature": cal.temperature,
-        "second_half_raw": brief(calibration_metrics(score[half:], y[half:])),
-        "second_half_calibrated": brief(calibration_metrics(after, y[half:])),
-    }
-    return out
-
-
-def _pct(a: float, b: float) -> str:
-    return f"{100.0 * (a - b) / a:.0f} %" if a > 0 else "n/a"
+# --- the summary ------------------------------------------------------------------------------
 
 
 def _ece_line(r: dict[str, Any]) -> str:
-    lo, hi = r["ece_ci"]
-    ci = f" [{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
-    return (
-        f"ECE {r['ece']:.4f}{ci} on n = {r['n']:,} (noise floor {r['ece_floor']:.4f}), "
-        f"log loss {r['nll']:.4f}"
-    )
+    return (f"ECE {r['ece']:.4f} (floor {r['ece_floor']:.4f}), log loss {r['nll']:.5f}")
 
 
 def format_report(rep: dict[str, Any]) -> str:
-    """The human report (whatever parts the run got to)."""
-    lines = ["", "recal demo: report", "=================="]
+    """The human summary (whatever parts the run got to)."""
+    lines = ["", "recal demo: summary", "==================="]
     stream = rep.get("stream")
     settings = rep["settings"]
     if stream:
         lines.append(
-            f"stream        {stream['lines']:,} lines: {stream['impressions']:,} impressions "
-            f"(CTR ~ Beta(2, 8), served model over-confident T = {stream['served_temperature']}),"
+            f"stream        {stream['lines']:,} lines, realistic scenario (seed {stream['seed']}): "
+            f"{stream['impressions']:,} impressions over 6 days, served model retrained at "
+            f"impression {stream['drift_at_event']:,}"
         )
         lines.append(
             f"              {stream['clicks']:,} clicks ({stream['late_clicks']:,} beyond the "
@@ -1073,9 +1338,8 @@ def format_report(rep: dict[str, Any]) -> str:
             f"{stream['malformed']:,} malformed"
         )
     lines.append(
-        f"join          W = {settings['window_s']} s, lateness {settings['allowed_lateness_s']} s,"
-        f" {settings['partitions']} partitions; negatives matured by flush impressions "
-        "at the end of each partition"
+        f"workers       {settings['workers']} in one consumer group, {settings['partitions']} "
+        f"partitions; W = {settings['window_s']} s, lateness {settings['allowed_lateness_s']} s"
     )
     produced = rep.get("produced")
     if produced:
@@ -1108,25 +1372,29 @@ def format_report(rep: dict[str, Any]) -> str:
             mark = "" if got == want else "  <-"
             lines.append(f"              {reason:<16}{got:>8,}{want:>10,}{mark}")
     cal = rep.get("calibration")
-    if cal and "raw" in cal:
-        lines.append(f"calibration   served scores: {_ece_line(cal['raw'])}")
-        if "true_p" in cal:
-            lines.append(f"              true probabilities: {_ece_line(cal['true_p'])}")
-        fit = cal["temperature_fit"]
-        before = fit["second_half_raw"]
-        after = fit["second_half_calibrated"]
-        lines.append(
-            f"temperature   fit on the first half by event time (n = {fit['fit_n']:,}): "
-            f"T = {fit['temperature']:.3f} (served T = {SERVED_TEMPERATURE})"
-        )
-        lines.append(f"              second half, raw:        {_ece_line(before)}")
-        lines.append(f"              second half, calibrated: {_ece_line(after)}")
-        lines.append(
-            f"              ECE {_pct(before['ece'], after['ece'])} lower, log loss "
-            f"{_pct(before['nll'], after['nll'])} lower"
-        )
+    if cal and "overall" in cal:
+        lines.append("calibration   prequential: each label scored with the newest version "
+                     "published before its impression")
+        rows = [("all", cal["overall"]), *cal["segments"].items()]
+        for name, pair in rows:
+            lines.append(f"  {name:<11} n {pair['raw']['n']:>7,}  raw {_ece_line(pair['raw'])}")
+            lines.append(f"  {'':<11} {'':>9}  recal {_ece_line(pair['recal'])}")
     elif cal:
         lines.append(f"calibration   skipped: {cal.get('skipped')}")
+    calibrators = rep.get("calibrators")
+    if calibrators:
+        scopes = ", ".join(f"{k} {n:,}" for k, n in calibrators["by_scope"].items())
+        methods = ", ".join(f"{k} {n:,}" for k, n in calibrators["by_method"].items())
+        lines.append(f"calibrators   {calibrators['versions']:,} versions ({scopes}; {methods})")
+    if outputs:
+        alerts = ", ".join(f"{k} {n}" for k, n in outputs["alerts"].items()) or "none"
+        lines.append(f"alerts        {alerts}")
+        tiers = ", ".join(f"{k} {n:,}" for k, n in outputs["tiers"].items()) or "none"
+        lines.append(f"tiers         {tiers} (users, latest tier change)")
+    post = rep.get("posteriors")
+    if post:
+        lines.append(f"posteriors    {post['pairs']:,} (user, arm) pairs, {post['mismatched']:,} "
+                     "whose n differs from their feedback count")
     e2e = rep.get("end_to_end")
     if e2e:
         first = e2e.get("first_output_after_s")
@@ -1137,24 +1405,27 @@ def format_report(rep: dict[str, Any]) -> str:
         )
     metrics = rep.get("worker_metrics")
     if metrics:
+        per = ", ".join(f"{n:,}" for n in metrics["processed_by_worker"])
         lines.append(
-            f"worker        processed {metrics['processed']:,} input messages, "
+            f"workers       processed {metrics['processed']:,} input messages ({per}), "
             f"{metrics['late_clicks']:,} late clicks counted"
         )
     timings = rep.get("timings", {})
     if timings:
         names = [
-            ("broker_start_s", "broker"), ("topics_s", "topics"), ("worker_ready_s", "worker"),
+            ("broker_start_s", "broker"), ("topics_s", "topics"), ("workers_ready_s", "workers"),
             ("generate_s", "generate"), ("produce_s", "produce"), ("drain_s", "drain"),
-            ("worker_stop_s", "worker stop"), ("broker_stop_s", "broker stop"),
+            ("workers_stop_s", "workers stop"), ("report_s", "report"),
+            ("broker_stop_s", "broker stop"),
         ]
         parts = [f"{label} {timings[key]:.1f}" for key, label in names if key in timings]
         lines.append(f"timings (s)   {', '.join(parts)}; total {rep['total_s']:.1f}")
     procs = rep.get("processes", {})
     if procs:
+        alive = procs.get("workers_alive") or []
         worker = (
-            f"worker pid {procs.get('worker_pid')} exit {procs.get('worker_exit')}"
-            f"{' STILL RUNNING' if procs.get('worker_alive') else ''}"
+            f"worker pids {procs.get('worker_pids')} exits {procs.get('worker_exits')}"
+            f"{' STILL RUNNING: ' + str(alive) if alive else ''}"
         )
         if procs.get("broker_kept"):
             broker = (
@@ -1168,7 +1439,12 @@ def format_report(rep: dict[str, Any]) -> str:
             )
         lines.append(f"processes     {worker}; {broker}")
     if rep.get("data_dir") and not procs.get("data_dir_removed"):
-        lines.append(f"data          {rep['data_dir']} (worker.log, kafka/broker.log)")
+        lines.append(f"data          {rep['data_dir']} (worker-*.log, kafka/broker.log)")
+    checks = rep.get("checks") or {}
+    for name, ok in checks.items():
+        lines.append(f"check         {'PASS' if ok else 'FAIL'}  {name}")
+    if rep.get("html_report"):
+        lines.append(f"report        {rep['html_report']}")
     if rep["ok"]:
         result = "OK"
     elif rep["status"] == "interrupted":

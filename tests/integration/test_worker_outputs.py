@@ -313,3 +313,51 @@ async def test_the_changelog_is_read_from_its_beginning_every_time(
             assert await worker._read_changelog(0) == {}
     finally:
         await worker._restorer.stop()
+
+
+async def test_state_without_committed_offsets_resumes_from_the_state_offsets(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str], tmp_path: Path
+) -> None:
+    """The group's committed offsets can vanish while the state changelog stays (offsets
+    expire after `offsets.retention.minutes`, or the app id changes on the same topics). The
+    state and its input positions are written in one transaction, so a worker restoring the
+    state resumes its inputs from the state's positions: nothing is processed twice (no second
+    feedback message, no posterior counting a label twice, no dead letter)."""
+    raws = [event.raw for event in generate(SCENARIO)][:4_000]
+    prefix = unique_topic("recal") + "."
+    topics = topic_names(prefix) | {s: f"{prefix}{s}" for s in OUTPUT_TOPICS}
+    await create_topics(
+        kafka_bootstrap,
+        [TopicSpec(topics["impressions"], 1), TopicSpec(topics["clicks"], 1)],
+    )
+    await produce(kafka_bootstrap, topics, as_lines(raws))
+    first = WorkerProcess(worker_flags(kafka_bootstrap, prefix, unique_topic("app")),
+                          tmp_path / "first.log")
+    async with TopicReader(kafka_bootstrap, topics) as out:
+        try:
+            # Some labels mature (the stream spans more than W + L of event time).
+            await out.wait_for(lambda o: len(o.records["feedback"]) >= 1_000, first,
+                               timeout_s=120, what="the first worker's feedback")
+            await asyncio.sleep(1.5)  # its last commits (the inputs are all read by now)
+        finally:
+            assert first.stop() == 0, first.log_tail()
+        for _ in range(10):
+            await out.poll()
+        before = {k: len(v) for k, v in out.records.items()}
+        assert before["dlq"] == 0
+        # Same topics, another app id: a group without committed offsets.
+        second = WorkerProcess(worker_flags(kafka_bootstrap, prefix, unique_topic("app")),
+                               tmp_path / "second.log")
+        try:
+            second.wait_ready()
+            await asyncio.sleep(4.0)  # anything reprocessed would be committed by now
+            for _ in range(20):
+                await out.poll()
+        finally:
+            assert second.stop() == 0, second.log_tail()
+    feedback = out.values("feedback")
+    keys = [(fb["user_id"], fb["impression_id"]) for fb in feedback]
+    assert len(keys) == len(set(keys)), (
+        f"{len(keys) - len(set(keys))} impressions labelled twice\n{second.log_tail()}")
+    assert out.records["dlq"] == [], out.values("dlq")[:3]
+    assert "from the state's positions" in second.log_path.read_text()

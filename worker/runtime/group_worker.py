@@ -51,7 +51,6 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener
 
 from worker.core.codec.input_decoder import InputDecoder
-from worker.core.pipeline import Pipeline
 from worker.runtime.metrics import REFRESH_INTERVAL_S, RuntimeMetrics
 from worker.runtime.partition_task import PartitionTask, shared_scope_writer
 from worker.runtime.security import aiokafka_security_kwargs, bootstrap_list
@@ -497,43 +496,57 @@ class GroupWorker:
         await self._restore(partition)
 
     async def _restore(self, partition: int) -> None:
-        """(Re)build the partition's task from its changelog and seek its inputs back to
-        the committed offsets: the state of the last committed transaction."""
+        """(Re)build the partition's task from its changelog and seek its inputs back to the
+        positions saved with it (else the group's committed offsets): the state of the last
+        committed transaction."""
         from aiokafka import TopicPartition
 
         started = time.monotonic()
         self._tasks.pop(partition, None)
         records = await self._read_changelog(partition)
-        pipeline = Pipeline.from_records(records) if records else Pipeline(self._config)
-        if pipeline.config != self._config:
+        task = PartitionTask.from_records(
+            partition, records, self.names, self._decoder, self._config,
+            merge_max_wait_ms=self.settings.merge_max_wait_ms,
+            merge_max_backlog_wait_ms=self.settings.merge_max_backlog_wait_ms,
+            shared_scopes=shared_scope_writer(partition),
+        )
+        if task.pipeline.config != self._config:
             log.warning(
                 "partition %s: its state was built with other pipeline settings than this "
                 "worker's; the state's settings stay in force for the partition (use a new "
                 "--topic-prefix to start over with the new ones)", partition,
             )
-        task = PartitionTask(
-            partition, pipeline, self.names, self._decoder,
-            self.settings.merge_max_wait_ms, self.settings.merge_max_backlog_wait_ms,
-            state_keys=set(records), shared_scopes=shared_scope_writer(partition),
-        )
-        task.poisoned = self._poisoned.setdefault(partition, {})
-        self._tasks[partition] = task
-        positions = {}
+        saved = task.saved_positions
         consumer = self._consumer
         tps = [TopicPartition(self.names.input_topic(source), partition)
                for source in INPUT_SOURCES]
         consumer.pause(*tps)
         self._seeks[partition] += 1
+        positions: dict[str, int] = {}
+        committed_by_source: dict[str, int | None] = {}
         for source, tp in zip(INPUT_SOURCES, tps, strict=True):
             committed = await consumer.committed(tp)
-            if committed is None:  # a new group: from the beginning (explicitly, see above)
-                start = (await consumer.beginning_offsets([tp]))[tp]
-                consumer.seek(tp, start)
-            else:
-                start = committed
-                consumer.seek(tp, committed)
-            positions[source] = committed
-            task.next_offsets[source] = start
+            committed_by_source[source] = committed
+            if saved is not None and source in saved:
+                # The positions written with the state: the state is exactly what the
+                # inputs before them made (the group's offsets may be gone or another's).
+                positions[source] = saved[source]
+            elif committed is not None:
+                positions[source] = committed
+            else:  # a new group: from the beginning (explicitly, see above)
+                positions[source] = (await consumer.beginning_offsets([tp]))[tp]
+            consumer.seek(tp, positions[source])
+        if saved is not None and any(
+                committed_by_source[s] != positions[s] for s in INPUT_SOURCES if s in saved):
+            log.warning(
+                "partition %s: the group's committed offsets %s differ from the positions "
+                "saved with the partition's state %s (offsets expired, or another app id on "
+                "the same topics); resuming from the state's positions", partition,
+                committed_by_source, saved,
+            )
+        task.start_at(positions)
+        task.poisoned = self._poisoned.setdefault(partition, {})
+        self._tasks[partition] = task
         consumer.resume(*tps)
         elapsed = time.monotonic() - started
         self.metrics.restore_seconds.observe(elapsed)
@@ -541,7 +554,8 @@ class GroupWorker:
         users = sum(1 for key in records if key.startswith("join:"))
         log.info(
             "partition %s: state restored (%s records, %s join users) in %.2fs; inputs from "
-            "offsets %s", partition, len(records), users, elapsed, positions,
+            "%s %s", partition, len(records), users, elapsed,
+            "the state's positions" if saved is not None else "the group's offsets", positions,
         )
 
     async def _read_changelog(self, partition: int) -> dict[str, Any]:

@@ -22,13 +22,15 @@ waiting in the merger (after a restart those are read again).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from worker.core.codec.input_decoder import InputDecoder
 from worker.core.errors import InvalidInputError
-from worker.core.pipeline import InputBatch, Outputs, Pipeline
+from worker.core.pipeline import InputBatch, Outputs, Pipeline, PipelineConfig
 from worker.core.records.click import Click
 from worker.core.records.dead_letter import (
     DLQ_MAX_KEY_CHARS,
@@ -42,6 +44,13 @@ from worker.core.records.impression import Impression
 from worker.core.records.scope import USER_PREFIX
 from worker.runtime.merge import BacklogProbe, EventTimeMerger, InputEvent, _unknown
 from worker.runtime.topics import TopicNames
+
+#: The changelog record holding the partition's input positions (per source, the next offset
+#: to read), written in the same transaction as the state they belong to. The group's
+#: committed offsets say the same, but they can vanish while the state stays (offset
+#: retention, a new app id on the same topics): a restore trusts this record. Never a key of
+#: the pipeline's own records.
+POSITIONS_KEY = "input_positions"
 
 #: Where a returned event's original message lived, by the rejection's reason, when its ref
 #: does not say (refs always do in this runtime; this is the fallback for foreign state).
@@ -99,7 +108,7 @@ class PartitionTask:
     >>> txn.offsets
     {'impressions': 6, 'clicks': 10}
     >>> sorted(m.key.decode() for m in txn.state)
-    ['clock', 'config', 'join:u1', 'monitor', 'post:u1']
+    ['clock', 'config', 'input_positions', 'join:u1', 'monitor', 'post:u1']
     """
 
     def __init__(
@@ -114,10 +123,13 @@ class PartitionTask:
         shared_scopes: bool = True,
     ) -> None:
         self.partition = partition
-        #: Per source, the next input offset to process: the restore's committed positions
-        #: (set by ``GroupWorker``), then one past each message the pipeline took (the
-        #: consumer lag's "done" side; the fetch position runs ahead by what the merger holds).
+        #: Per source, the next input offset to process: the restore's positions
+        #: (``start_at``), then one past each message the pipeline took (the consumer lag's
+        #: "done" side, and the positions saved with the state; the fetch position runs ahead
+        #: by what the merger holds).
         self.next_offsets: dict[str, int] = {}
+        #: The input positions read back with the state (``from_records``), else None.
+        self.saved_positions: dict[str, int] | None = None
         # Whether this partition publishes the model-wide (global, segment) versions and the
         # alerts; see ``shared_scope_writer``.
         self._shared_scopes = shared_scopes
@@ -133,6 +145,33 @@ class PartitionTask:
         self.failures: Counter[tuple[str, int]] = Counter()
         #: Inputs to dead-letter instead of processing (they raised too often).
         self.poisoned: dict[tuple[str, int], str] = {}
+
+    @classmethod
+    def from_records(
+        cls,
+        partition: int,
+        records: Mapping[str, Any],
+        names: TopicNames,
+        decoder: InputDecoder,
+        config: PipelineConfig,
+        **options: Any,
+    ) -> PartitionTask:
+        """The task of a partition restored from its changelog (the latest record per key):
+        the pipeline from its records (a new one with ``config`` when there are none), and
+        ``saved_positions``, the input positions written with them."""
+        records = dict(records)
+        saved = records.pop(POSITIONS_KEY, None)
+        pipeline = Pipeline.from_records(records) if records else Pipeline(config)
+        keys = set(records) | ({POSITIONS_KEY} if saved is not None else set())
+        task = cls(partition, pipeline, names, decoder, state_keys=keys, **options)
+        if saved is not None:
+            task.saved_positions = {str(source): int(offset) for source, offset in saved.items()}
+            task.start_at(task.saved_positions)
+        return task
+
+    def start_at(self, positions: Mapping[str, int]) -> None:
+        """Where the inputs are read from now (written with the next transaction's state)."""
+        self.next_offsets = dict(positions)
 
     # ------------------------------------------------------------------ read-only
 
@@ -220,6 +259,10 @@ class PartitionTask:
                 )
             )
         pipe.mark_persisted()
+        if txn.offsets:
+            keys.add(POSITIONS_KEY)
+            txn.state.append(OutMessage(names.state, POSITIONS_KEY.encode("utf-8"),
+                                        orjson.dumps(self.next_offsets), self.partition))
         return txn
 
     def drain_posteriors(self) -> None:

@@ -53,8 +53,7 @@ def inputs() -> list[tuple[str, int, bytes | None, bytes]]:
 
 
 def new_task(records: dict[str, Any] | None = None) -> PartitionTask:
-    pipe = Pipeline.from_records(records) if records else Pipeline(CONFIG)
-    return PartitionTask(3, pipe, NAMES, InputDecoder())
+    return PartitionTask.from_records(3, records or {}, NAMES, InputDecoder(), CONFIG)
 
 
 def run(cuts: set[int]) -> tuple[list[OutMessage], list[Transaction]]:
@@ -161,3 +160,26 @@ def test_only_the_writer_partition_publishes_model_wide_versions_and_alerts() ->
     assert writer[NAMES.alerts] > 0 and NAMES.alerts not in other
     assert writer[NAMES.calibrators] > other.get(NAMES.calibrators, 0)
     assert writer[NAMES.feedback] == other[NAMES.feedback]
+
+
+def test_the_input_positions_go_into_the_state_and_come_back_with_it() -> None:
+    """Every transaction that moves an input writes the partition's positions of both inputs
+    (the changelog record ``input_positions``), so a restore can resume from the positions
+    its state was made at, whatever the group's committed offsets say."""
+    from worker.runtime.partition_task import POSITIONS_KEY
+
+    task = new_task()
+    task.start_at({"impressions": 40, "clicks": 7})
+    imp = b'{"impression_id":"i1","user_id":"u1","item_id":"x","ts":100,"score":0.2}'
+    task.offer("impressions", 40, b"u1", imp, 0)
+    task.step(10, backlog=lambda _source: False)
+    txn = task.take_transaction()
+    saved = {m.key.decode(): m.value for m in txn.state}
+    assert orjson.loads(saved[POSITIONS_KEY]) == {"impressions": 41, "clicks": 7}
+    # No input moved: no positions record (nothing changed).
+    assert POSITIONS_KEY not in {m.key.decode() for m in task.take_transaction().state}
+    records = {key: orjson.loads(value) for key, value in saved.items() if value is not None}
+    restored = PartitionTask.from_records(3, records, NAMES, InputDecoder(), CONFIG)
+    assert restored.saved_positions == {"impressions": 41, "clicks": 7}
+    assert restored.pipeline.records() == task.pipeline.records()
+    assert new_task().saved_positions is None
