@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from worker.client import _created_ms
 from worker.core.metrics import CalibrationReport, calibration_metrics
 from worker.core.posteriors.beta_posterior import BetaPosterior
 from worker.core.records.scope import USER_PREFIX
@@ -389,8 +388,8 @@ def _timelines(
     models = len(fb.model_names)
     markers = []
     for v in versions:
-        ms = _created_ms(str(v.get("created_at", "")))
-        if ms is not None:
+        ms = v.get("event_ts")
+        if isinstance(ms, int) and not isinstance(ms, bool):
             markers.append(Marker(ms, _scope_row(v, models), str(v.get("reason"))))
     fig = charts.timeline_figure(buckets, markers, [e for _, e in episodes])
     width_min = buckets.width_ms // 60_000
@@ -427,9 +426,8 @@ def _prequential(fb: FeedbackColumns, scored: Scored, days: list[DayRow]) -> str
     note = ""
     if scored.versions and scored.served_counts()["identity"] == len(fb):
         note = _empty(
-            "Calibrator versions exist, but none was created before any impression here, so "
-            "recal equals the raw score throughout. On Kafka, created_at is the worker's wall "
-            "clock: a stream replayed with old timestamps is never scored by a version."
+            "Calibrator versions exist, but none was published (event_ts) before any "
+            "impression here, so recal equals the raw score throughout."
         )
     return _section("prequential", note + (
         '<p class="note">For each UTC day of impression time: the raw score ("identity", no '

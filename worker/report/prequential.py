@@ -1,10 +1,13 @@
 """Prequential scoring: each feedback calibrated by what serving would have used at the time.
 
-A feedback event is scored by the newest calibrator version whose ``created_at`` is strictly
+A feedback event is scored by the newest calibrator version published (``event_ts``) strictly
 before its impression's ``ts``, along the fallback chain user → segment → global → identity.
+``event_ts`` is the publishing partition's event-time clock: the impressions' own time axis in
+both runtimes. (``created_at`` is not: a Kafka worker stamps its wall clock, so on a stream
+of past events every version would look newer than every impression.)
 The chain, the staleness rules and the formulas are the serving client's
 (``worker.client.CalibratorClient``, their one owner): versions are fed to one client in
-``created_at`` order, and between two creation times ("epochs") the held versions do not
+``event_ts`` order, and between two publication times ("epochs") the held versions do not
 change, so each epoch's feedback is calibrated in a few vectorised calls.
 """
 
@@ -17,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from worker.client import CalibratorClient, _created_ms
+from worker.client import CalibratorClient
 from worker.core.errors import ConfigError, InvalidInputError
 from worker.core.metrics import calibration_metrics
 from worker.core.records.scope import USER_PREFIX
@@ -48,7 +51,7 @@ def _kind_index(scope: str) -> int:
 
 
 def _timed_records(versions: list[dict[str, Any]]) -> list[tuple[int, str | None, Any]]:
-    """(created ms, key, value) in created order. A tombstone line ``{"key", "value": null}``
+    """(event_ts, key, value) in event_ts order. A tombstone line ``{"key", "value": null}``
     carries no time; it takes the previous line's, i.e. it acts where it stood in the file."""
     timed = []
     last_ms = -(2**62)
@@ -59,15 +62,14 @@ def _timed_records(versions: list[dict[str, Any]]) -> list[tuple[int, str | None
         else:
             value, key = obj, None
         if isinstance(value, dict):
-            created = value.get("created_at")
-            ms = _created_ms(created) if isinstance(created, str) else None
-            if ms is None:
+            ms = value.get("event_ts")
+            if isinstance(ms, bool) or not isinstance(ms, int):
                 raise ConfigError(
-                    f"calibrators record {i + 1} has no ISO 8601 UTC created_at: {created!r}"
+                    f"calibrators record {i + 1} has no integer event_ts: {ms!r}"
                 )
             last_ms = ms
         timed.append((last_ms, key, value))
-    # Stable: versions created in the same millisecond keep their file (emission) order.
+    # Stable: versions published in the same millisecond keep their file (emission) order.
     timed.sort(key=lambda item: item[0])
     return timed
 
@@ -79,7 +81,7 @@ def prequential_scores(fb: FeedbackColumns, versions: list[dict[str, Any]]) -> S
     >>> fb = feedback_columns([{"ts": t, "score": 0.9, "label": 1, "model_id": "m",
     ...                         "user_id": "u"} for t in (1000, 3000)])
     >>> v = {"model_id": "m", "scope": "global", "version": 1, "method": "temperature",
-    ...      "params": {"temperature": 2.0}, "event_ts": 0, "reason": "bootstrap",
+    ...      "params": {"temperature": 2.0}, "event_ts": 2000, "reason": "bootstrap",
     ...      "created_at": "1970-01-01T00:00:02.000Z", "training": {"n": 1, "positives": 1,
     ...      "from_ts": 0, "to_ts": 0}, "metrics": dict.fromkeys(["ece_before", "ece_after",
     ...      "nll_before", "nll_after", "n_eval", "ece_floor"], 0)}
@@ -104,7 +106,7 @@ def prequential_scores(fb: FeedbackColumns, versions: list[dict[str, Any]]) -> S
     i = 0
     start = 0
     while True:
-        # Apply every version created at or before the next epoch's first impression.
+        # Apply every version published before the next epoch's first impression.
         stop = n if i >= len(timed) else int(boundaries[i])
         if stop > start:
             _score_epoch(client, fb, calibrated, served, start, stop, held_users, n_seg, n_user)

@@ -84,8 +84,9 @@ def test_the_page_loads_nothing_from_elsewhere(report_path: Path) -> None:
     assert "@import" not in visible and "url(" not in visible
 
 
-def _created(text: str) -> int:
-    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+def _published(version: dict[str, Any]) -> int:
+    """When a version takes effect for the prequential score: its ``event_ts``."""
+    return int(version["event_ts"])
 
 
 def _naive_scores(
@@ -94,13 +95,13 @@ def _naive_scores(
     """Per feedback, in impression order: apply every version created strictly before it,
     then ask the serving client. One client, one row at a time: the obvious way."""
     order = sorted(feedback, key=lambda fb: fb["ts"])
-    timed = sorted(versions, key=lambda v: _created(v["created_at"]))
+    timed = sorted(versions, key=_published)
     client = CalibratorClient()
     k = 0
     out: dict[str, float] = {}
     scopes: Counter[str] = Counter()
     for fb in order:
-        while k < len(timed) and _created(timed[k]["created_at"]) < fb["ts"]:
+        while k < len(timed) and _published(timed[k]) < fb["ts"]:
             client.apply(None, timed[k])
             k += 1
         segment = fb.get("segment", "default")
@@ -169,8 +170,8 @@ def test_epoch_scorer_equals_the_per_row_client_with_user_versions_and_a_tombsto
     assert users, "the scenario must publish user calibrators"
     # Withdraw the first user version half a day after it was created.
     first = users[0]
-    cut = _created(first["created_at"]) + DAY_MS // 2
-    at = next((i for i, v in enumerate(versions) if _created(v["created_at"]) > cut),
+    cut = _published(first) + DAY_MS // 2
+    at = next((i for i, v in enumerate(versions) if _published(v) > cut),
               len(versions))
     key = f"{first['model_id']}|{first['scope']}"
     stream: list[dict[str, Any]] = [*versions[:at], {"key": key, "value": None}, *versions[at:]]
@@ -187,7 +188,7 @@ def test_epoch_scorer_equals_the_per_row_client_with_user_versions_and_a_tombsto
         if "value" in obj and obj.get("value") is None:
             timed.append((last, obj))
         else:
-            last = _created(obj["created_at"])
+            last = _published(obj)
             timed.append((last, obj))
     timed.sort(key=lambda item: item[0])
     order = sorted(range(len(feedback)), key=lambda i: feedback[i]["ts"])
