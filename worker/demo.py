@@ -495,82 +495,28 @@ class OutputReader:
 # --- prequential scoring ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Scored:
-    """Labels with the raw score and recal's prequential probability, in feedback order."""
+def scored_summary(
+    feedback: Sequence[dict[str, Any]], versions: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """ECE (with its noise floor) and log loss of the raw scores and of recal's prequential
+    probabilities (``worker.report.prequential``: each label scored by the newest version
+    published before its impression, along serving's fallback chain), overall and per segment.
 
-    y: np.ndarray
-    raw: np.ndarray
-    recal: np.ndarray
-    segment: np.ndarray  # segment names (object array)
-
-    @property
-    def n(self) -> int:
-        return int(self.y.size)
-
-
-def prequential_scores(
-    feedback: Sequence[dict[str, Any]], versions: Sequence[dict[str, Any]]
-) -> Scored:
-    """Each label scored by the newest calibrator version whose ``event_ts`` is at or before
-    its impression's ``ts``, along serving's fallback chain user -> segment -> global ->
-    identity (the raw score). Vectorised per version, so it can run every few seconds.
-
-    >>> fb = [{"ts": 10, "label": 1, "score": 0.5, "logit": 0.0, "segment": "a",
-    ...        "user_id": "u", "model_id": "m"},
-    ...       {"ts": 30, "label": 0, "score": 0.5, "logit": 0.0, "segment": "a",
-    ...        "user_id": "u", "model_id": "m"}]
-    >>> v = [{"model_id": "m", "scope": "global", "event_ts": 20, "method": "platt",
-    ...       "params": {"a": 1.0, "b": -1.0}}]
-    >>> s = prequential_scores(fb, v)
-    >>> s.recal.round(3).tolist()
-    [0.5, 0.269]
+    >>> fb = [{"ts": t, "label": t % 3 == 0, "score": 0.4, "segment": "web", "user_id": "u",
+    ...        "model_id": "m"} for t in range(100)]
+    >>> out = scored_summary(fb, [])
+    >>> out["overall"]["raw"]["ece"] == out["overall"]["recal"]["ece"], sorted(out["segments"])
+    (True, ['web'])
     """
-    from worker.core.calibrators import calibrator_from_dict
-    from worker.core.records.scope import GLOBAL, SEGMENT_PREFIX, USER_PREFIX
+    from worker.core.metrics import calibration_metrics
+    from worker.report.load import feedback_columns
+    from worker.report.prequential import prequential_scores
 
     n = len(feedback)
-    y = np.fromiter((fb["label"] for fb in feedback), dtype=np.int8, count=n)
-    raw = np.fromiter((fb["score"] for fb in feedback), dtype=np.float64, count=n)
-    logit = np.fromiter((fb["logit"] for fb in feedback), dtype=np.float64, count=n)
-    ts = np.fromiter((fb["ts"] for fb in feedback), dtype=np.int64, count=n)
-    segment = np.array([fb["segment"] for fb in feedback], dtype=object)
-    recal = raw.copy()
-    resolved = np.zeros(n, dtype=bool)
-    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for msg in versions:
-        by_key.setdefault((msg["model_id"], msg["scope"]), []).append(msg)
-    if by_key:
-        model = np.array([fb["model_id"] for fb in feedback], dtype=object)
-        user = np.array([fb["user_id"] for fb in feedback], dtype=object)
-        # Most specific first: a label served by a user version is not re-served below.
-        for prefix in (USER_PREFIX, SEGMENT_PREFIX, GLOBAL):
-            for (model_id, scope), msgs in by_key.items():
-                if not scope.startswith(prefix):
-                    continue
-                match = (model == model_id) & ~resolved
-                if prefix == USER_PREFIX:
-                    match &= user == scope[len(USER_PREFIX):]
-                elif prefix == SEGMENT_PREFIX:
-                    match &= segment == scope[len(SEGMENT_PREFIX):]
-                rows = np.flatnonzero(match)
-                if rows.size == 0:
-                    continue
-                msgs = sorted(msgs, key=lambda m: m["event_ts"])
-                starts = np.array([m["event_ts"] for m in msgs], dtype=np.int64)
-                which = np.searchsorted(starts, ts[rows], side="right") - 1
-                for j in np.unique(which[which >= 0]):
-                    picked = rows[which == j]
-                    cal = calibrator_from_dict(msgs[j])
-                    recal[picked] = np.asarray(cal.apply_logit(logit[picked]), dtype=np.float64)
-                    resolved[picked] = True
-    return Scored(y=y, raw=raw, recal=recal, segment=segment)
-
-
-def scored_summary(scored: Scored) -> dict[str, Any]:
-    """ECE (with its noise floor) and log loss of the raw scores and of recal's, overall and
-    per segment."""
-    from worker.core.metrics import calibration_metrics
+    if n < _MIN_CALIBRATION_N:
+        return {"n": n, "skipped": f"fewer than {_MIN_CALIBRATION_N} labels"}
+    cols = feedback_columns(list(feedback))
+    recal = prequential_scores(cols, versions).calibrated
 
     def brief(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         r = calibration_metrics(p, y)
@@ -578,17 +524,13 @@ def scored_summary(scored: Scored) -> dict[str, Any]:
         return {"n": int(r.n), "positives": int(r.positives), "ece": r.ece,
                 "ece_ci": [lo, hi], "ece_floor": r.ece_floor, "nll": r.nll, "brier": r.brier}
 
-    def pair(mask: np.ndarray | None) -> dict[str, Any]:
-        y = scored.y if mask is None else scored.y[mask]
-        raw = scored.raw if mask is None else scored.raw[mask]
-        recal = scored.recal if mask is None else scored.recal[mask]
-        return {"raw": brief(raw, y), "recal": brief(recal, y)}
+    def pair(mask: np.ndarray | slice) -> dict[str, Any]:
+        y = cols.label[mask]
+        return {"raw": brief(cols.score[mask], y), "recal": brief(recal[mask], y)}
 
-    if scored.n < _MIN_CALIBRATION_N:
-        return {"n": scored.n, "skipped": f"fewer than {_MIN_CALIBRATION_N} labels"}
-    out: dict[str, Any] = {"n": scored.n, "overall": pair(None), "segments": {}}
-    for seg in sorted(set(scored.segment.tolist())):
-        mask = scored.segment == seg
+    out: dict[str, Any] = {"n": n, "overall": pair(slice(None)), "segments": {}}
+    for code, seg in sorted(enumerate(cols.segment_names), key=lambda item: item[1]):
+        mask = cols.segment == code
         if int(mask.sum()) >= _MIN_CALIBRATION_N:
             out["segments"][seg] = pair(mask)
     return out
@@ -692,8 +634,7 @@ class LiveView:
                 not force and now - self._scored_at < _SCORE_PERIOD_S):
             return
         self._scored_at = now
-        self.calibration = scored_summary(
-            prequential_scores(list(reader.feedback.values()), reader.versions))
+        self.calibration = scored_summary(list(reader.feedback.values()), reader.versions)
 
     def lines(self) -> list[str]:
         head = f"[{self.elapsed():6.1f}s] "
@@ -1219,8 +1160,7 @@ class Demo:
             "expected": dict(sorted(expected.dlq.items())),
             "match": dlq_match,
         }
-        calibration = scored_summary(
-            prequential_scores(list(reader.feedback.values()), reader.versions))
+        calibration = scored_summary(list(reader.feedback.values()), reader.versions)
         self.result["calibration"] = calibration
         mismatched = reader.posterior_mismatches()
         self.result["posteriors"] = {
