@@ -40,6 +40,8 @@ NOT_RUN: dict[str, tuple[str, str]] = {
     "make lint": ("part of make test", ".ci/run (make test runs ruff)"),
     "make unit": ("part of make test", ".ci/run (make test runs tests/unit)"),
     "make integration": ("part of make test", ".ci/run (make test runs tests/integration)"),
+    "docker compose up --build": ("no Docker engine on the development machines or CI",
+                                  "docker-compose.yml (not exercised by any test)"),
 }
 
 TIMEOUT_S = 420
