@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -825,3 +826,46 @@ def markdown_table() -> str:
         shown = "(unset)" if f.default is None else f"`{default}`" if default else "(empty)"
         rows.append(f"| `{env_name(f.name)}` | `{flag}` | {shown} | {meaning} |")
     return "\n".join(rows) + "\n"
+
+
+#: The markers around the generated table in README.md.
+README_TABLE_START = "<!-- settings-table:start -->\n"
+README_TABLE_END = "<!-- settings-table:end -->"
+
+
+def with_readme_table(readme: str) -> str:
+    """``readme`` with the text between the settings-table markers replaced by
+    ``markdown_table()`` (``ConfigError`` when the markers are missing)."""
+    head, start, rest = readme.partition(README_TABLE_START)
+    _old, end, tail = rest.partition(README_TABLE_END)
+    if not start or not end:
+        raise ConfigError(f"no {README_TABLE_START.strip()} ... {README_TABLE_END} markers")
+    return head + start + markdown_table() + end + tail
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m worker.settings --markdown`` prints the configuration reference;
+    ``--update-readme README.md`` rewrites the table in place (a unit test fails while the
+    README's table differs from the generated one)."""
+    p = argparse.ArgumentParser(prog="python -m worker.settings",
+                                description="The configuration reference of recal.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--markdown", action="store_true",
+                      help="print the settings table (Markdown)")
+    what.add_argument("--update-readme", type=Path, metavar="README",
+                      help="replace the table between the README's settings-table markers")
+    args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(), end="")
+        return 0
+    path: Path = args.update_readme
+    try:
+        path.write_text(with_readme_table(path.read_text(encoding="utf-8")), encoding="utf-8")
+    except (OSError, ConfigError) as exc:
+        print(f"python -m worker.settings: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

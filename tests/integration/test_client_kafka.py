@@ -90,3 +90,65 @@ async def test_subscribed_client_serves_what_the_jsonl_says(
     finally:
         client.close()
     assert not sub.running
+
+
+async def test_client_on_a_real_worker_serves_what_replay_calibrators_jsonl_says(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Issue 11 item 1: the versions a running ``recal worker`` publishes, read by
+    ``subscribe``, give the same probabilities as replay's ``calibrators.jsonl`` on the same
+    stream (one partition, where the worker publishes exactly what replay writes)."""
+    from tests.integration.test_worker_join import WorkerProcess, produce, topic_names
+    from tests.integration.test_worker_outputs import (
+        SCENARIO,
+        as_lines,
+        replay_outputs,
+        worker_flags,
+    )
+    from worker.sim.streamrec import generate
+
+    raws = [event.raw for event in generate(SCENARIO)]
+    replay_outputs(raws, tmp_path)  # writes tmp_path/replay/calibrators.jsonl
+    from_file = CalibratorClient.from_jsonl(tmp_path / "replay" / "calibrators.jsonl")
+    want = from_file.versions()
+    assert {k.split("|", 1)[1].split(":")[0] for k in want} >= {"global", "segment"}
+
+    prefix = unique_topic("recal") + "."
+    topics = topic_names(prefix)
+    await create_topics(
+        kafka_bootstrap,
+        [TopicSpec(topics["impressions"], 1), TopicSpec(topics["clicks"], 1)],
+    )
+    await produce(kafka_bootstrap, topics, as_lines(raws))
+    worker = WorkerProcess(worker_flags(kafka_bootstrap, prefix, unique_topic("app")),
+                           tmp_path / "worker.log")
+    client = CalibratorClient()
+    try:
+        # Subscribed while the worker is still catching up: versions arrive live.
+        client.subscribe(kafka_bootstrap, f"{prefix}calibrators")
+        deadline = time.monotonic() + 180
+        while {k: v["version"] for k, v in client.versions().items()} != {
+            k: v["version"] for k, v in want.items()
+        }:
+            assert worker.proc.poll() is None, worker.log_tail()
+            assert time.monotonic() < deadline, (client.versions().keys(), worker.log_tail())
+            await asyncio.sleep(0.2)
+    finally:
+        client.close()
+        code = worker.stop()
+    assert code == 0, worker.log_tail()
+
+    strip = lambda v: {k: x for k, x in v.items() if k != "created_at"}  # noqa: E731
+    assert {k: strip(v) for k, v in client.versions().items()} == {
+        k: strip(v) for k, v in want.items()}
+    segments = sorted(k.split("|segment:", 1)[1] for k in want if "|segment:" in k)
+    rows = [(user, segment, score)
+            for user in ("u-0", "u-1", "nobody")
+            for segment in [*segments, "no-such-segment", None]
+            for score in (0.001, 0.05, 0.2, 0.5, 0.93)]
+    for user, segment, score in rows:
+        got = client.calibrate(score, "default", user, segment)
+        assert got == from_file.calibrate(score, "default", user, segment)
+        assert client.resolve("default", user, segment).scope == from_file.resolve(
+            "default", user, segment).scope
+    assert client.stats()["rejected"] == 0

@@ -22,6 +22,8 @@ from worker.core.pipeline import PipelineConfig
 from worker.core.pipeline.monitor_config import COMPONENTS, MonitorConfig
 from worker.core.policy import PolicyConfig
 from worker.settings import (
+    README_TABLE_END,
+    README_TABLE_START,
     Settings,
     all_fields,
     env_name,
@@ -29,6 +31,7 @@ from worker.settings import (
     markdown_table,
     settings_from_args,
 )
+from worker.settings import main as settings_main
 from worker.sim.scenario import Scenario
 from worker.sim.streamrec import write_jsonl
 
@@ -243,15 +246,31 @@ def test_replay_passes_the_policy_and_monitor_configs(
 
 def test_readme_holds_the_generated_settings_table() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    start, end = "<!-- settings-table:start -->\n", "<!-- settings-table:end -->"
+    start, end = README_TABLE_START, README_TABLE_END
     assert start in readme and end in readme
     between = readme.split(start, 1)[1].split(end, 1)[0]
     assert between == markdown_table(), (
         "README.md's settings table is stale; regenerate it with "
-        "`python -c 'from worker.settings import markdown_table as t; print(t(), end=\"\")'`"
+        "`python -m worker.settings --update-readme README.md`"
     )
     for f in all_fields():
         assert f"`{env_name(f.name)}`" in between
+
+
+def test_the_generator_prints_and_updates_the_table(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "worker.settings", "--markdown"], cwd=ROOT, check=True,
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert out.stdout == markdown_table() and not out.stderr
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{README_TABLE_START}| stale |\n{README_TABLE_END}\nafter\n")
+    assert settings_main(["--update-readme", str(readme)]) == 0
+    assert readme.read_text() == (
+        f"# x\n{README_TABLE_START}{markdown_table()}{README_TABLE_END}\nafter\n")
+    readme.write_text("no markers\n")
+    assert settings_main(["--update-readme", str(readme)]) == 1
+    assert readme.read_text() == "no markers\n"
 
 
 def test_replay_from_stdin_equals_replay_from_the_file(tmp_path: Path) -> None:

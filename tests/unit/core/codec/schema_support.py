@@ -21,6 +21,7 @@ SCHEMA_NAMES = (
     "calibrator_version",
     "alert",
     "posterior_snapshot",
+    "tier_change",
     "dead_letter",
 )
 INPUT_SCHEMAS = ("impression", "click", "replay_line")
