@@ -7,8 +7,8 @@ Issue 9's operational figures, on one fresh local broker, in one run:
    (``bench/kafka_worker_throughput.py``'s ``measure_worker``).
 2. **State and restore**: the partition state that run left in the compacted changelog
    (``<prefix>state``, latest record per key, read ``read_committed``): bytes per active user
-   (users with a ``join:`` record); then a new worker of the same group restores it, and its
-   log gives records and seconds per partition (records/s).
+   (users with a ``join:``, ``post:`` or ``puser:`` record); then a new worker of the same
+   group restores it, and its log gives records and seconds per partition (records/s).
 3. **Click -> feedback latency at 70 % of the maximum rate**: two workers on a live stream
    whose event times follow the wall clock (clicks 0.5-3 s after their impression), paced at
    ``--load`` x the maximum rate; for every click, the time from its send to the moment this
@@ -101,7 +101,10 @@ async def state_size(bootstrap: str, topic: str, partitions: int) -> dict[str, A
     for (_p, key), size in latest.items():
         kind = key.decode().split(":", 1)[0]
         by_kind[kind] = by_kind.get(kind, 0) + size
-    users = sum(1 for (_p, key) in latest if key.startswith(b"join:"))
+    # A user's state is its join record (pending labels; gone once all matured), its
+    # posterior pairs (post:) and its tier record (puser:).
+    users = len({key.split(b":", 1)[1] for (_p, key) in latest
+                 if key.startswith((b"join:", b"post:", b"puser:"))})
     return {"records": len(latest), "bytes": sum(latest.values()), "users": users,
             "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1]))}
 
