@@ -361,3 +361,78 @@ async def test_state_without_committed_offsets_resumes_from_the_state_offsets(
         f"{len(keys) - len(set(keys))} impressions labelled twice\n{second.log_tail()}")
     assert out.records["dlq"] == [], out.values("dlq")[:3]
     assert "from the state's positions" in second.log_path.read_text()
+
+
+async def test_an_input_whose_processing_raises_is_dead_lettered_and_the_rest_flows(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every input the decoder accepts is processed without an exception, so a processing
+    failure is a bug; the worker must still move on. Fault injection in-process (the broker
+    is real): the pipeline raises whenever a batch holds impression ``imp-boom``. The worker
+    rebuilds the partition from its last transaction, replays one input at a time, and after
+    ``max_processing_attempts`` dead-letters that input as ``processing_error`` with the
+    exception text; every other input is labelled exactly once and the worker keeps running."""
+    from worker.core.pipeline import Pipeline
+    from worker.core.records.impression import Impression
+    from worker.runtime.group_worker import GroupWorker
+    from worker.runtime.topics import TopicNames, ensure_topics
+
+    original = Pipeline.process
+
+    def process(self: Pipeline, batch: Any) -> Any:
+        for event in batch.events:
+            if isinstance(event, Impression) and event.impression_id == "imp-boom":
+                raise RuntimeError("injected failure for imp-boom")
+        return original(self, batch)
+
+    monkeypatch.setattr(Pipeline, "process", process)
+    prefix = unique_topic("recal") + "."
+    settings = Settings.load(env={}, overrides={
+        "bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix,
+        "app_id": unique_topic("app"), "partitions": 1, "attribution_window_s": 60,
+        "allowed_lateness_s": 0, "max_processing_attempts": 2})
+    plan = await ensure_topics(settings, TopicNames.from_settings(settings))
+    worker = GroupWorker(settings, plan)
+    t0 = 1_767_225_600_000
+    lines = []
+    for i in range(40):
+        imp_id = "imp-boom" if i == 20 else f"imp-{i}"
+        obj = {"impression_id": imp_id, "user_id": f"u{i % 5}", "item_id": "x",
+               "ts": t0 + i * 1_000, "score": 0.3}
+        lines.append(Line("impressions", obj["user_id"].encode(), orjson.dumps(obj), obj))
+        if i % 4 == 1:
+            click = {"impression_id": imp_id, "user_id": obj["user_id"], "ts": obj["ts"] + 500}
+            lines.append(Line("clicks", obj["user_id"].encode(), orjson.dumps(click), click))
+    # Past every deadline: the 39 on-time impressions' labels all mature.
+    late = {"impression_id": "imp-flush", "user_id": "u0", "item_id": "x",
+            "ts": t0 + 500_000, "score": 0.3}
+    for n in range(4):  # the clock guard confirms a jump with later events
+        flush = {**late, "impression_id": f"imp-flush-{n}", "ts": late["ts"] + n}
+        lines.append(Line("impressions", b"u0", orjson.dumps(flush), flush))
+    topics = {s: f"{prefix}{s}" for s in ("impressions", "clicks", *OUTPUT_TOPICS)}
+    await produce(kafka_bootstrap, topics, lines)
+    running = asyncio.ensure_future(worker.run())
+    try:
+        async with TopicReader(kafka_bootstrap, topics) as out:
+            deadline = time.monotonic() + 90
+            while not (len(out.records["feedback"]) >= 39 and out.records["dlq"]):
+                assert not running.done(), running.exception()
+                assert time.monotonic() < deadline, {k: len(v) for k, v in out.records.items()}
+                await out.poll()
+            await asyncio.sleep(1.0)
+            for _ in range(5):
+                await out.poll()
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 30)
+    feedback = out.values("feedback")
+    ids = [fb["impression_id"] for fb in feedback]
+    assert sorted(ids) == sorted(f"imp-{i}" for i in range(40) if i != 20)
+    letters = out.values("dlq")
+    assert [d["reason"] for d in letters] == ["processing_error"], letters
+    assert "injected failure for imp-boom" in letters[0]["error"]
+    assert "(2 attempts)" in letters[0]["error"]
+    assert letters[0]["offset"] == next(
+        n for n, line in enumerate(x for x in lines if x.source == "impressions")
+        if line.obj is not None and line.obj["impression_id"] == "imp-boom")
+    assert worker.metrics.processing_failures._value.get() >= 2

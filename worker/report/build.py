@@ -266,7 +266,7 @@ def _summary(inp: ReportInput, scored: Scored, days: list[DayRow]) -> str:
             f"{len(fb.model_names)} model(s), {len(fb.segment_names)} segment(s), "
             f"{len(fb.user_names):,} users. ECE: 15 equal-width bins; the noise floor is the "
             "ECE a perfectly calibrated predictor with the same scores would show on average "
-            "(DESIGN §5). recal scores each event with the calibrator version serving held "
+            "(its expected value). recal scores each event with the calibrator version serving held "
             "when its impression was shown.</p>"
         )
     rows: list[list[object]] = []
@@ -470,7 +470,7 @@ def _tiers(inp: ReportInput) -> str:
             np.add.at(delta, idx[[c.get("from_tier") == t for c in changes]], -1)
             series[t] = np.cumsum(delta)
         fig = charts.tier_figure((edges * width).astype(np.int64), series, dict(final))
-        body.append(f'<p class="note">Users by uncertainty tier (DESIGN §6), from the '
+        body.append(f'<p class="note">Users by uncertainty tier, from the '
                     f"{len(changes):,} tier changes (the first assignment counts as one).</p>")
         body.append(_img(charts.png_data_uri(fig), "tier distribution"))
     else:
@@ -525,7 +525,7 @@ def _posteriors(inp: ReportInput) -> str:
         return _section("posteriors", _empty("posteriors.jsonl has no posterior snapshots."))
     header = ["posterior", "n", "alpha", "beta", "mean",
               f"{int(CREDIBLE_LEVEL * 100)}% credible interval", "tier"]
-    body = [f'<p class="note">Beta click-rate posteriors (DESIGN §6), latest snapshot per '
+    body = [f'<p class="note">Beta click-rate posteriors, latest snapshot per '
             f"(user, arm): {len(latest):,} in all. Intervals are equal-tailed.</p>"]
     arms = sorted((p for (u, _), p in latest.items() if u == "*"), key=lambda p: -p["n"])
     blocks = []

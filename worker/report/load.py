@@ -115,7 +115,7 @@ def feedback_columns(records: list[Any], path: Path | str = FEEDBACK_FILE) -> Fe
             users[i] = fb["user_id"]
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(
-            f"{path}: record {i + 1} is not a feedback event (DESIGN §3): "
+            f"{path}: record {i + 1} is not a feedback event: "
             f"{type(exc).__name__}: {exc}"
         ) from None
     if n and not (((score >= 0) & (score <= 1)).all() and np.isin(label, (0.0, 1.0)).all()):
