@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import platform
 import subprocess
+import tempfile
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,3 +45,22 @@ def machine_line() -> str:
         f"{now} | commit {commit or '?'} | Python {platform.python_version()} | "
         f"load {' '.join(load)}"
     )
+
+
+def run_on_broker(
+    run: Callable[[str, Path], Awaitable[int]], bootstrap: str | None, prefix: str
+) -> int:
+    """``run(bootstrap, tmp_dir)`` against ``bootstrap``, or a fresh local broker (fetched once,
+    started in the temporary directory, stopped afterwards); its exit status."""
+    from worker.localkafka import LocalKafka
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp_name:
+        tmp = Path(tmp_name)
+        if bootstrap:
+            return asyncio.run(run(bootstrap, tmp))
+        broker = LocalKafka(data_dir=tmp / "kafka")
+        broker.fetch()
+        try:
+            return asyncio.run(run(broker.start(timeout_s=120.0), tmp))
+        finally:
+            broker.stop(timeout_s=30.0)

@@ -48,7 +48,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -61,9 +60,9 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import machine_line  # noqa: E402
+from bench._common import machine_line, run_on_broker  # noqa: E402
 from worker.core.codec.input_decoder import InputDecoder  # noqa: E402
-from worker.localkafka import LocalKafka, TopicSpec, create_topics  # noqa: E402
+from worker.localkafka import TopicSpec, create_topics  # noqa: E402
 from worker.sim.kafka_sink import FLUSH_PER_PARTITION, flush_impressions  # noqa: E402
 from worker.sim.scenario import Scenario  # noqa: E402
 from worker.sim.streamrec import generate  # noqa: E402
@@ -682,18 +681,8 @@ def main() -> int:
         args.events = 100_000
     if args.events < 1 or args.partitions < 1 or args.repeat < 1:
         parser.error("--events, --partitions and --repeat must be >= 1")
-    with tempfile.TemporaryDirectory(prefix="recal-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        if args.bootstrap:
-            return asyncio.run(run(args, args.bootstrap, tmp))
-        broker = LocalKafka(data_dir=tmp / "kafka")
-        broker.fetch()
-        try:
-            bootstrap = broker.start(timeout_s=120.0)
-            return asyncio.run(run(args, bootstrap, tmp))
-        finally:
-            broker.stop(timeout_s=30.0)
-
+    return run_on_broker(lambda bootstrap, tmp: run(args, bootstrap, tmp), args.bootstrap,
+                         "recal-bench-")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,7 +30,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -42,14 +41,14 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import machine_line  # noqa: E402
+from bench._common import machine_line, run_on_broker  # noqa: E402
 from bench.kafka_worker_throughput import (  # noqa: E402
     Worker,
     measure_worker,
     preload,
     scenario_for,
 )
-from worker.localkafka import LocalKafka, TopicSpec, create_topics  # noqa: E402
+from worker.localkafka import TopicSpec, create_topics  # noqa: E402
 from worker.sim.scenario import Scenario  # noqa: E402
 from worker.sim.streamrec import generate  # noqa: E402
 
@@ -315,17 +314,8 @@ def main() -> int:
     parser.add_argument("--session-timeout-s", type=float, default=10.0)
     parser.add_argument("--bootstrap", help="use this broker instead of a fresh local one")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="recal-ops-") as tmp_name:
-        tmp = Path(tmp_name)
-        if args.bootstrap:
-            return asyncio.run(run(args, args.bootstrap, tmp))
-        broker = LocalKafka(data_dir=tmp / "kafka")
-        broker.fetch()
-        try:
-            return asyncio.run(run(args, broker.start(timeout_s=120.0), tmp))
-        finally:
-            broker.stop(timeout_s=30.0)
-
+    return run_on_broker(lambda bootstrap, tmp: run(args, bootstrap, tmp), args.bootstrap,
+                         "recal-ops-")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,10 +17,8 @@ is bounded by the spare cores, which the output states (load average before each
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import machine_line  # noqa: E402
+from bench._common import machine_line, run_on_broker  # noqa: E402
 from bench.kafka_worker_throughput import measure_worker, preload, scenario_for  # noqa: E402
-from worker.localkafka import LocalKafka, TopicSpec, create_topics  # noqa: E402
+from worker.localkafka import TopicSpec, create_topics  # noqa: E402
 
 
 async def one_run(
@@ -90,17 +88,8 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2", help="group sizes to run, comma-separated")
     parser.add_argument("--bootstrap", help="use this broker instead of a fresh local one")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="recal-scaling-") as tmp_name:
-        tmp = Path(tmp_name)
-        if args.bootstrap:
-            return asyncio.run(run(args, args.bootstrap, tmp))
-        broker = LocalKafka(data_dir=tmp / "kafka")
-        broker.fetch()
-        try:
-            return asyncio.run(run(args, broker.start(timeout_s=120.0), tmp))
-        finally:
-            broker.stop(timeout_s=30.0)
-
+    return run_on_broker(lambda bootstrap, tmp: run(args, bootstrap, tmp), args.bootstrap,
+                         "recal-scaling-")
 
 if __name__ == "__main__":
     sys.exit(main())

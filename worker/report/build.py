@@ -266,8 +266,8 @@ def _summary(inp: ReportInput, scored: Scored, days: list[DayRow]) -> str:
             f"{len(fb.model_names)} model(s), {len(fb.segment_names)} segment(s), "
             f"{len(fb.user_names):,} users. ECE: 15 equal-width bins; the noise floor is the "
             "ECE a perfectly calibrated predictor with the same scores would show on average "
-            "(its expected value). recal scores each event with the calibrator version serving held "
-            "when its impression was shown.</p>"
+            "(its expected value). recal scores each event with the calibrator version "
+            "serving held when its impression was shown.</p>"
         )
     rows: list[list[object]] = []
     summary = inp.summary or {}

@@ -20,7 +20,7 @@ from typing import IO, Any
 import orjson
 
 from worker.core.errors import ConfigError
-from worker.runtime.topics import BrokerUnavailableError, TopicNames
+from worker.runtime.topics import BrokerUnavailableError, TopicNames, start_client
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,8 @@ async def _dump(
         client_id="recal-report-dump", request_timeout_ms=max(int(timeout_s * 1000), 1000),
         **options,
     )
-    try:
-        await asyncio.wait_for(consumer.start(), timeout_s)
-    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-        await consumer.stop()
-        raise BrokerUnavailableError(
-            f"cannot reach Kafka at {bootstrap} to dump the output topics: "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
+    await start_client(consumer, consumer.stop, f"{bootstrap} to dump the output topics",
+                       timeout_s)
     files: dict[str, IO[bytes]] = {}
     try:
         existing = await consumer.topics()

@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from worker.core.errors import ConfigError, RecalError
 from worker.runtime.security import aiokafka_security_kwargs, bootstrap_list
@@ -176,12 +177,27 @@ def _topic_configs(short: str) -> tuple[tuple[str, str], ...]:
     return tuple(configs)
 
 
+async def start_client(
+    client: Any, close: Callable[[], Awaitable[Any]], where: str, timeout_s: float
+) -> None:
+    """Start an aiokafka client (consumer, producer or admin); when Kafka cannot be reached
+    within ``timeout_s``, close it and raise ``BrokerUnavailableError`` saying ``where``."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        await asyncio.wait_for(client.start(), timeout_s)
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        await close()
+        raise BrokerUnavailableError(
+            f"cannot reach Kafka at {where}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
 async def ensure_topics(
     settings: Settings, names: TopicNames, timeout_s: float = 30.0
 ) -> TopicPlan:
     """Check the cluster's topic layout, create the missing topics; the plan run with."""
     from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import KafkaError
 
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_list(settings),
@@ -189,14 +205,11 @@ async def ensure_topics(
         client_id=f"{settings.app_id}-admin",
         **aiokafka_security_kwargs(settings),
     )
-    try:
-        await asyncio.wait_for(admin.start(), timeout_s)
-    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-        await admin.close()
-        raise BrokerUnavailableError(
-            f"cannot reach Kafka at {settings.bootstrap_servers} "
-            f"(security_protocol={settings.security_protocol}): {type(exc).__name__}: {exc}"
-        ) from None
+    await start_client(
+        admin, admin.close,
+        f"{settings.bootstrap_servers} (security_protocol={settings.security_protocol})",
+        timeout_s,
+    )
     try:
         existing, n_brokers = await _describe(admin)
         plan = plan_topics(names, existing, settings.partitions, n_brokers)
