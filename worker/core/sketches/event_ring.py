@@ -3,6 +3,8 @@ feedback stage's conformal buffers."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 import numpy as np
@@ -106,32 +108,60 @@ class EventRing:
         self._lo += int(np.searchsorted(self._seq[self._lo : self._hi], seq, side="left"))
 
     def to_dict(self) -> dict[str, Any]:
+        """The kept events as columns of little-endian bytes in base64 (``"packed": 1``):
+        exact, and cheap to write: the Kafka worker exports the rings of a changed scope with
+        every transaction, and a list of 5,000 floats per column cost milliseconds to build
+        and serialise where the packed column costs microseconds. ``from_dict`` also reads
+        the older form, plain lists.
+
+        >>> ring = EventRing(3)
+        >>> ring.append(-0.5, 1, 7, seg=2)
+        >>> data = ring.to_dict()
+        >>> data["packed"], EventRing.from_dict(data).columns()[0].tolist()
+        (1, [-0.5])
+        """
         sl = slice(self._lo, self._hi)
         return {
             "capacity": self._cap,
-            "z": self._z[sl].tolist(),
-            "y": self._y[sl].astype(np.int64).tolist(),
-            "ts": self._ts[sl].tolist(),
-            "seq": self._seq[sl].tolist(),
-            "seg": self._seg[sl].tolist(),
+            "packed": 1,
+            **{name: _pack(column[sl], dtype) for name, column, dtype in (
+                ("z", self._z, "<f8"), ("y", self._y, "<i1"), ("ts", self._ts, "<i8"),
+                ("seq", self._seq, "<i8"), ("seg", self._seg, "<i8"))},
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EventRing:
         try:
             ring = cls(int(data["capacity"]))
-            z = np.asarray(data["z"], dtype=np.float64)
-            y = np.asarray(data["y"], dtype=np.float64)
-            ts = np.asarray(data["ts"], dtype=np.int64)
-            seq = np.asarray(data["seq"], dtype=np.int64)
-            seg = np.asarray(data["seg"], dtype=np.int64)
+            if data.get("packed") == 1:
+                z = _unpack(data["z"], "<f8").astype(np.float64)
+                y = _unpack(data["y"], "<i1").astype(np.float64)
+                ts = _unpack(data["ts"], "<i8").astype(np.int64)
+                seq = _unpack(data["seq"], "<i8").astype(np.int64)
+                seg = _unpack(data["seg"], "<i8").astype(np.int64)
+            else:
+                z = np.asarray(data["z"], dtype=np.float64)
+                y = np.asarray(data["y"], dtype=np.float64)
+                ts = np.asarray(data["ts"], dtype=np.int64)
+                seq = np.asarray(data["seq"], dtype=np.int64)
+                seg = np.asarray(data["seg"], dtype=np.int64)
             n = z.size
             if not (y.size == ts.size == seq.size == seg.size == n) or n > ring._cap:
                 raise ValueError("ring columns must have one length <= capacity")
             if n > 1 and (np.diff(seq) <= 0).any():
                 raise ValueError("ring seq must be strictly increasing")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise StateError(f"invalid event ring state: {exc}") from exc
         ring._z[:n], ring._y[:n], ring._ts[:n], ring._seq[:n], ring._seg[:n] = z, y, ts, seq, seg
         ring._hi = n
         return ring
+
+
+def _pack(column: NDArray[Any], dtype: str) -> str:
+    return base64.b64encode(column.astype(dtype).tobytes()).decode("ascii")
+
+
+def _unpack(text: str, dtype: str) -> NDArray[Any]:
+    if not isinstance(text, str):
+        raise TypeError(f"a packed ring column must be a base64 string; got {type(text).__name__}")
+    return np.frombuffer(base64.b64decode(text, validate=True), dtype=dtype)
