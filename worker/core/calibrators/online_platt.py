@@ -143,7 +143,12 @@ class OnlinePlatt:
     def _step(self, z: float, y: float) -> None:
         # Python floats throughout: a 2x2 step is ~1 µs here and ~20 µs through numpy.
         r = sigmoid(self._a * z + self._b) - y
-        g_a, g_b = r * z, r
+        self.step_gradient(r * z, r)
+
+    def step_gradient(self, g_a: float, g_b: float) -> None:
+        """One ONS round from the round's loss gradient ``(g_a, g_b)`` at the current
+        ``(a, b)`` (``update`` is this with ``(r z, r)``; ``OnlineContextual`` drives its
+        context-free block with it). The caller has checked that both are finite."""
         aa = self._aa + g_a * g_a
         ab = self._ab + g_a * g_b
         bb = self._bb + g_b * g_b
