@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from numbers import Real
 from typing import Any
 
 from worker.core.errors import ConfigError
@@ -29,15 +30,13 @@ _TWO_PI_OVER_DAY = 2.0 * math.pi / 24.0
 
 def real(value: object) -> float | None:
     """``value`` as a float when it is a finite real number (not a bool), else None."""
-    t = type(value)
-    if t is float:
-        return value if math.isfinite(value) else None  # type: ignore[return-value]
-    if t is int:
-        return float(value)  # type: ignore[arg-type]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return None
+    try:
         f = float(value)
-        return f if math.isfinite(f) else None
-    return None
+    except OverflowError:  # an int beyond the largest double
+        return None
+    return f if math.isfinite(f) else None
 
 
 def hour_of(context: Mapping[str, Any]) -> float | None:
@@ -69,7 +68,7 @@ def position_bucket(context: Mapping[str, Any], edges: Sequence[int]) -> int | N
     pos = context.get("position")
     if isinstance(pos, bool) or not isinstance(pos, (int, float)):
         return None
-    if not (math.isfinite(pos) and pos >= 0):
+    if not (math.isfinite(float(pos)) and pos >= 0):
         return None
     for i, edge in enumerate(edges):
         if pos <= edge:

@@ -246,10 +246,10 @@ class ContextualCalibrator(Calibrator):
                     b += w_b[j] * x
         if self._position is not None:
             edges, w_a, w_b, c_a, c_b = self._position
-            j = position_bucket(context, edges)
-            if j is not None:
-                s += w_a[j] - c_a
-                b += w_b[j] - c_b
+            bucket = position_bucket(context, edges)
+            if bucket is not None:
+                s += w_a[bucket] - c_a
+                b += w_b[bucket] - c_b
         for name, index, w_a, w_b, c_a, c_b in self._categories:
             value = category_of(context.get(name))
             if value is not None:
@@ -257,10 +257,10 @@ class ContextualCalibrator(Calibrator):
                 s += w_a[j] - c_a
                 b += w_b[j] - c_b
         for name, n_a, n_b, m in self._numbers:
-            x = number_feature(context.get(name))
-            if x is not None:
-                s += n_a * (x - m)
-                b += n_b * (x - m)
+            v = number_feature(context.get(name))
+            if v is not None:
+                s += n_a * (v - m)
+                b += n_b * (v - m)
         return s, b
 
     def slope_intercept(self, context: Context | None) -> tuple[float, float]:

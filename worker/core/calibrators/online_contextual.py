@@ -279,22 +279,25 @@ class OnlineContextual:
         if not context:
             return []
         present: list[tuple[str, Sequence[int], list[tuple[int, float]]]] = []
+        col: int | None
         k = self._hour_harmonics
         if k:
             h = hour_of(context)
             if h is not None:
                 present.append(("hour", range(2 * k), list(enumerate(hour_features(h, k)))))
         if self._position_edges:
-            j = position_bucket(context, self._position_edges)
-            if j is not None:
-                present.append(("position", range(2 * k, self._n_fixed), [(2 * k + j, 1.0)]))
+            bucket = position_bucket(context, self._position_edges)
+            if bucket is not None:
+                present.append(
+                    ("position", range(2 * k, self._n_fixed), [(2 * k + bucket, 1.0)])
+                )
         for name in self._category_order():
             value = context.get(name)
             cat = category_of(value)
             if cat is not None:
                 col = self._category_column(name, cat)
-                values, cols, other = self._cats[name]
-                present.append(("category:" + name, [*cols, *other], [(col, 1.0)]))
+                _, cat_cols, other = self._cats[name]
+                present.append(("category:" + name, [*cat_cols, *other], [(col, 1.0)]))
             elif name != _SEGMENT:
                 x = number_feature(value)
                 if x is not None:
@@ -304,11 +307,11 @@ class OnlineContextual:
                     present.append(("number:" + name, [col], [(col, x)]))
         out: list[tuple[int, float]] = []
         sums, seen = self._sums, self._seen
-        for group, cols, values in present:
+        for group, cols, pairs in present:
             n = seen[group] = seen.get(group, 0) + 1
-            hot = dict(values)
-            for c, x in values:
-                sums[c] += x
+            hot = dict(pairs)
+            for c, v in pairs:
+                sums[c] += v
             out.extend((c, hot.get(c, 0.0) - sums[c] / n) for c in cols)
         return out
 
