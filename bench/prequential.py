@@ -546,13 +546,20 @@ def realistic_target(seed: int, windows: list[Window], worse: dict[str, int]) ->
     beats = all(rec.ece <= c[m].ece and rec.nll <= c[m].nll
                 for m in ("identity", "daily-T", "online-platt"))
     met = beats and worse["recal"] == 0
+    # Issue 10 item 4: the contextual learner against the context-free one, both online.
+    cx = c["online-contextual"]
+    ctx_beats = cx.ece <= c["online-platt"].ece and cx.nll <= c["online-platt"].nll
     return (f"{'TARGET met   ' if met else 'TARGET missed'}  seed {seed}: realistic: recal ECE "
             f"{rec.ece:.4f} NLL {rec.nll:.5f} vs online-platt {c['online-platt'].ece:.4f} "
             f"{c['online-platt'].nll:.5f}, daily-T {c['daily-T'].ece:.4f} "
             f"{c['daily-T'].nll:.5f}, identity {c['identity'].ece:.4f} "
             f"{c['identity'].nll:.5f}; days worse than identity: recal {worse['recal']}, "
             f"online-platt {worse['online-platt']}, daily-T {worse['daily-T']} "
-            "(issue 10; not gating)")
+            "(issue 10; not gating)\n"
+            f"{'contextual ' + ('beats' if ctx_beats else 'misses')}  seed {seed}: "
+            f"online-contextual ECE {cx.ece:.4f} NLL {cx.nll:.5f} vs online-platt "
+            f"{c['online-platt'].ece:.4f} {c['online-platt'].nll:.5f}; days worse than "
+            f"identity: {worse['online-contextual']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

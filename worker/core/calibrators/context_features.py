@@ -30,6 +30,10 @@ _TWO_PI_OVER_DAY = 2.0 * math.pi / 24.0
 
 def real(value: object) -> float | None:
     """``value`` as a float when it is a finite real number (not a bool), else None."""
+    # Exact-type fast paths first: the ABC check below costs ~1 µs per value.
+    t = type(value)
+    if t is float:
+        return value if math.isfinite(value) else None  # type: ignore[arg-type,return-value]
     if isinstance(value, bool) or not isinstance(value, Real):
         return None
     try:
@@ -112,4 +116,9 @@ def check_fields(name: str, fields: object) -> tuple[str, ...]:
 
 def keeps(value: object) -> bool:
     """Whether an impression's ``context`` value is kept: a finite number or a category."""
+    t = type(value)
+    if t is str:
+        return 0 < len(value) <= MAX_VALUE_CHARS  # type: ignore[arg-type]
+    if t is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
     return real(value) is not None or category_of(value) is not None
