@@ -50,6 +50,11 @@ Methods (rows):
 - ``online-platt``: ``OnlinePlatt`` (online Newton step, its defaults) fed each label when
   it matures (feedback order), each impression scored with the (a, b) it had at the
   impression's ``ts``: the same label delay as everything else;
+- ``online-contextual``: ``OnlineContextual`` (the ``contextual`` method's online learner,
+  its defaults: UTC hour of day, position buckets, segment, plus the impression's
+  ``context.device``, the only context field the realistic stream carries besides the hour
+  and ``true_p``, which is the truth and never a feature), fed and scored exactly as
+  ``online-platt``, each impression with the map it had at its ``ts`` in its own context;
 - ``recal``: the versions of ``calibrators.jsonl``;
 - ``oracle-T`` and ``oracle``: hindsight oracles, a temperature (``oracle-T``) or a Platt
   calibrator (temperature and intercept, ``oracle``) per segment fitted on the evaluated
@@ -95,6 +100,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worker.core.calibrators import (
     Calibrator,
     IsotonicCalibrator,
+    OnlineContextual,
     OnlinePlatt,
     PlattCalibrator,
     TemperatureCalibrator,
@@ -114,6 +120,8 @@ WINDOW_MS = 300_000
 POST_DRIFT = 20_000
 ISO_EVERY = 50_000
 POLICY = PolicyConfig(half_life_ms=7 * 86_400_000.0)
+#: The impression ``context`` fields the contextual learner sees (never ``true_p``).
+CONTEXT_FIELDS = ("device",)
 
 
 def scenario(kind: str, n_events: int, seed: int = 7) -> Scenario:
@@ -158,20 +166,25 @@ class Stream:
     true_p: np.ndarray
     segment: np.ndarray  # object array of names
     user: np.ndarray  # object array of ids
+    position: list[int | None]
+    context: list[dict[str, Any]]  # the CONTEXT_FIELDS of each impression
     calibrators: list[dict[str, Any]]
     summary: dict[str, Any]
 
 
-def true_probabilities(events: Path, n: int) -> np.ndarray:
-    """``context.true_p`` of every impression, by impression index."""
+def true_probabilities(events: Path, n: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """``context.true_p`` of every impression, and its ``CONTEXT_FIELDS``, by index."""
     out = np.full(n, np.nan)
+    ctx: list[dict[str, Any]] = [{} for _ in range(n)]
     with open(events, "rb") as fh:
         for line in fh:
             if b'"impression"' not in line[:30]:
                 continue
             obj = orjson.loads(line)
-            out[int(obj["impression_id"].rsplit("-", 1)[1])] = obj["context"]["true_p"]
-    return out
+            i = int(obj["impression_id"].rsplit("-", 1)[1])
+            out[i] = obj["context"]["true_p"]
+            ctx[i] = {k: obj["context"][k] for k in CONTEXT_FIELDS if k in obj["context"]}
+    return out, ctx
 
 
 def replay_stream(sc: Scenario, work: Path, recalibrate_every: int,
@@ -188,7 +201,7 @@ def replay_stream(sc: Scenario, work: Path, recalibrate_every: int,
     summary = run_replay(events, out, config).to_dict()
     log(f"  replayed in {time.perf_counter() - t0:.1f}s "
         f"({summary['calibrators_total']} calibrator versions: {summary['calibrators']})")
-    truth = true_probabilities(events, sc.n_events)
+    truth, ctx = true_probabilities(events, sc.n_events)
     rows = [orjson.loads(line) for line in (out / "feedback.jsonl").read_bytes().splitlines()]
     cal = [orjson.loads(line) for line in (out / "calibrators.jsonl").read_bytes().splitlines()]
     index = np.array([int(r["impression_id"].rsplit("-", 1)[1]) for r in rows])
@@ -202,6 +215,8 @@ def replay_stream(sc: Scenario, work: Path, recalibrate_every: int,
         true_p=truth[index],
         segment=np.array([r["segment"] for r in rows], dtype=object),
         user=np.array([r["user_id"] for r in rows], dtype=object),
+        position=[r.get("position") for r in rows],
+        context=[ctx[i] for i in index.tolist()],
         calibrators=cal,
         summary=summary,
     )
@@ -320,6 +335,50 @@ def online_platt(s: Stream) -> np.ndarray:
     return out
 
 
+def serving_contexts(s: Stream) -> list[dict[str, Any]]:
+    """Each feedback event's serving-time context: ``ts``, ``position``, ``segment`` and its
+    ``CONTEXT_FIELDS`` (what ``Impression.serving_context`` gives the policy)."""
+    out = []
+    for ts, pos, seg, extra in zip(s.ts.tolist(), s.position, s.segment.tolist(), s.context,
+                                   strict=True):
+        c: dict[str, Any] = {"ts": ts, "segment": seg, **extra}
+        if pos is not None:
+            c["position"] = pos
+        out.append(c)
+    return out
+
+
+def online_contextual(s: Stream, **config: Any) -> np.ndarray:
+    """``OnlineContextual`` fed and scored as ``online_platt`` is: after each label a snapshot
+    (stamped with the running maximum of ``label_ts``), and each impression scored in its
+    own context with the last snapshot stamped <= its ``ts`` (identity before the first).
+
+    Snapshots are taken only when a later impression needs them (the map's parameters are
+    copied, not the whole learner), which keeps this linear in the stream.
+    """
+    z = clamp_logit_array(s.logit)
+    ctx = serving_contexts(s)
+    stamp = np.maximum.accumulate(s.label_ts)
+    which = np.searchsorted(stamp, s.ts, side="right") - 1
+    # Impressions by the snapshot (label index) that scores them.
+    order = np.argsort(which, kind="stable")
+    out = s.score.copy()
+    learner = OnlineContextual(fields=CONTEXT_FIELDS, **config)
+    k = 0
+    n = z.size
+    while k < n and which[order[k]] < 0:
+        k += 1  # before the first label: identity
+    for i in range(n):
+        learner.update(float(z[i]), float(s.y[i]), ctx[i])
+        if k < n and which[order[k]] == i:
+            cal = learner.calibrator()
+            while k < n and which[order[k]] == i:
+                j = int(order[k])
+                out[j] = cal.apply_logit(float(z[j]), ctx[j])
+                k += 1
+    return out
+
+
 def oracle(s: Stream, rows: np.ndarray, cls: type[Calibrator] = PlattCalibrator) -> np.ndarray:
     """Hindsight: a calibrator per segment fitted on the evaluated rows themselves."""
     out = np.empty(rows.size)
@@ -357,6 +416,7 @@ def predictions(s: Stream) -> dict[str, np.ndarray]:
         "daily-T": daily_temperature(s),
         "iso-50k": isotonic_every(s),
         "online-platt": online_platt(s),
+        "online-contextual": online_contextual(s),
         "recal": served_by_recal(s),
     }
 
@@ -395,11 +455,11 @@ def evaluate(s: Stream, sc: Scenario, n_sims: int,
     return out
 
 
-METHODS = ("identity", "weekly-T", "daily-T", "iso-50k", "online-platt", "recal", "oracle-T",
-           "oracle")
+METHODS = ("identity", "weekly-T", "daily-T", "iso-50k", "online-platt", "online-contextual",
+           "recal", "oracle-T", "oracle")
 # On the realistic stream (6 days) weekly-T never refits: it would repeat identity.
 REALISTIC_METHODS = tuple(m for m in METHODS if m != "weekly-T")
-DAY_METHODS = ("identity", "daily-T", "online-platt", "recal")
+DAY_METHODS = ("identity", "daily-T", "online-platt", "online-contextual", "recal")
 
 
 def table(kind: str, windows: list[Window], methods: Sequence[str] = METHODS) -> str:
@@ -422,7 +482,7 @@ def day_table(s: Stream, preds: dict[str, np.ndarray]) -> tuple[str, dict[str, i
     """
     day = s.ts // DAY_MS
     lines = ["  NLL per UTC day (* = worse than identity)",
-             f"  {'day':<12}{'n':>8}{'CTR':>8}" + "".join(f"{m:>15}" for m in DAY_METHODS)]
+             f"  {'day':<12}{'n':>8}{'CTR':>8}" + "".join(f"{m:>18}" for m in DAY_METHODS)]
     worse = dict.fromkeys(DAY_METHODS, 0)
     for d in np.unique(day):
         rows = np.flatnonzero(day == d)
@@ -432,10 +492,10 @@ def day_table(s: Stream, preds: dict[str, np.ndarray]) -> tuple[str, dict[str, i
         for m in DAY_METHODS:
             bad = nll[m] > nll["identity"]
             worse[m] += int(bad)
-            cells.append(f"{nll[m]:>14.5f}{'*' if bad else ' '}")
+            cells.append(f"{nll[m]:>17.5f}{'*' if bad else ' '}")
         date = time.strftime("%Y-%m-%d", time.gmtime(int(d) * 86_400))
         lines.append(f"  {date:<12}{rows.size:>8,}{y.mean():>8.4f}" + "".join(cells))
-    lines.append(f"  {'days worse':<28}" + "".join(f"{worse[m]:>15}" for m in DAY_METHODS))
+    lines.append(f"  {'days worse':<28}" + "".join(f"{worse[m]:>18}" for m in DAY_METHODS))
     return "\n".join(lines), worse
 
 
@@ -486,13 +546,20 @@ def realistic_target(seed: int, windows: list[Window], worse: dict[str, int]) ->
     beats = all(rec.ece <= c[m].ece and rec.nll <= c[m].nll
                 for m in ("identity", "daily-T", "online-platt"))
     met = beats and worse["recal"] == 0
+    # Issue 10 item 4: the contextual learner against the context-free one, both online.
+    cx = c["online-contextual"]
+    ctx_beats = cx.ece <= c["online-platt"].ece and cx.nll <= c["online-platt"].nll
     return (f"{'TARGET met   ' if met else 'TARGET missed'}  seed {seed}: realistic: recal ECE "
             f"{rec.ece:.4f} NLL {rec.nll:.5f} vs online-platt {c['online-platt'].ece:.4f} "
             f"{c['online-platt'].nll:.5f}, daily-T {c['daily-T'].ece:.4f} "
             f"{c['daily-T'].nll:.5f}, identity {c['identity'].ece:.4f} "
             f"{c['identity'].nll:.5f}; days worse than identity: recal {worse['recal']}, "
             f"online-platt {worse['online-platt']}, daily-T {worse['daily-T']} "
-            "(issue 10; not gating)")
+            "(issue 10; not gating)\n"
+            f"{'contextual ' + ('beats' if ctx_beats else 'misses')}  seed {seed}: "
+            f"online-contextual ECE {cx.ece:.4f} NLL {cx.nll:.5f} vs online-platt "
+            f"{c['online-platt'].ece:.4f} {c['online-platt'].nll:.5f}; days worse than "
+            f"identity: {worse['online-contextual']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,12 @@ from urllib.parse import quote
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from worker.core.calibrators import Calibrator, IdentityCalibrator, calibrator_from_dict
+from worker.core.calibrators import (
+    Calibrator,
+    ContextualCalibrator,
+    IdentityCalibrator,
+    calibrator_from_dict,
+)
 from worker.core.checks import MAX_TS, timestamp
 from worker.core.errors import InvalidInputError
 from worker.core.records.scope import GLOBAL, SEGMENT_PREFIX, USER_PREFIX
@@ -212,8 +217,10 @@ class CalibratorClient:
     serving. Thread-safe: writers swap in a new mapping under a lock (copy on write), so
     readers never lock and always see one consistent set of versions.
 
-    ``context`` is accepted for the ``contextual`` method of DESIGN §3, which no worker
-    publishes yet; today it does not change the result.
+    ``context`` feeds a ``contextual`` version (DESIGN §3): a mapping with ``ts`` (epoch ms)
+    or ``hour`` (UTC hour of day), ``position`` and the configured ``context`` fields; the
+    ``segment`` argument is added as its ``segment`` unless it holds one. Other methods
+    ignore it, and a contextual version without it serves its context-free map.
 
     >>> client = CalibratorClient()
     >>> base = {"model_id": "m", "event_ts": 0, "created_at": "2026-01-01T00:00:00Z",
@@ -343,6 +350,10 @@ class CalibratorClient:
     ) -> float:
         """Calibrated probability of raw ``score`` in [0, 1] (``InvalidInputError`` if not)."""
         cal = self.resolve(model_id, user_id, segment, context).calibrator
+        if isinstance(cal, ContextualCalibrator):
+            if segment is not None and (context is None or "segment" not in context):
+                context = {**(context or {}), "segment": segment}
+            return float(cal.apply(score, context))
         return float(cal.apply(score))
 
     def calibrate_many(

@@ -116,7 +116,9 @@ class Replay:
     ) -> None:
         self._write = write
         self._source = source_name
-        self._decoder = InputDecoder(max_message_bytes=max_message_bytes)
+        self._decoder = InputDecoder(
+            max_message_bytes=max_message_bytes, context_fields=config.context_fields
+        )
         self._pipeline = Pipeline(config)
         self._chunk = max(1, int(chunk_lines))
         self._batch = InputBatch()

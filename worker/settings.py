@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from worker.core.alerts import KINDS, SEVERITIES
+from worker.core.calibrators.context_features import check_fields
 from worker.core.errors import ConfigError
 from worker.core.pipeline.monitor_config import COMPONENTS, PINNED, MonitorConfig
 from worker.core.pipeline.pipeline import PipelineConfig
@@ -76,6 +77,10 @@ def _session_timeout(name: str, value: float) -> None:
             "(the broker's default group.min.session.timeout.ms and "
             f"group.max.session.timeout.ms); got {value!r}"
         )
+
+
+def _context_fields(name: str, value: tuple[str, ...]) -> None:
+    check_fields(name, value)
 
 
 def _port(name: str, value: int) -> None:
@@ -200,6 +205,12 @@ class Settings:
     clock_confirmations: int = _setting(
         3, "later events that must confirm (or refute) a bigger clock jump", _positive,
         replay=True, group="join",
+    )
+    context_fields: tuple[str, ...] = _setting(
+        (), "fields of the impressions' context object kept for the contextual calibrator "
+        "(comma-separated; numbers or strings of 1-128 characters, anything else is missing; "
+        "not ts, hour, position or segment, which come from the impression itself)",
+        _context_fields, replay=True, group="join",
     )
     session_timeout_s: float = _setting(
         30.0,
@@ -336,6 +347,7 @@ class Settings:
             idle_timeout_ms=self.idle_timeout_ms,
             max_clock_jump_ms=self.max_clock_jump_ms,
             clock_confirmations=self.clock_confirmations,
+            context_fields=self.context_fields,
             monitor=self.monitor_config(),
             policy=self.policy_config(),
         )

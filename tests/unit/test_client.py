@@ -289,3 +289,35 @@ def test_subscription_with_a_bad_option_stops_loudly() -> None:
     with pytest.raises(RuntimeError, match="stopped"):
         sub.wait_caught_up(10)
     client.close()
+
+
+def test_a_contextual_version_is_served_in_the_given_context() -> None:
+    client = CalibratorClient()
+    features = [
+        {"kind": "hour", "harmonics": 1, "w_a": [0.0, -0.5], "w_b": [0.0, 0.0]},
+        {"kind": "category", "field": "segment", "values": ["new"], "w_a": [0.0, 0.0],
+         "w_b": [0.7, 0.0]},
+        {"kind": "category", "field": "device", "values": ["tv"], "w_a": [0.0, 0.0],
+         "w_b": [-0.4, 0.0]},
+    ]
+    assert client.apply(None, _version("global", 1, "contextual", a=0.9, b=-0.1,
+                                       features=features)) == "applied"
+    cal = client.resolve("m").calibrator
+    ctx = {"ts": 1_767_225_600_000 + 6 * 3_600_000, "device": "tv"}
+    # The segment argument joins the context; the given context reaches the map.
+    got = client.calibrate(0.2, "m", segment="new", context=ctx)
+    assert got == cal.apply(0.2, {**ctx, "segment": "new"})
+    assert got != client.calibrate(0.2, "m")
+    # A segment inside the context wins over the argument.
+    assert client.calibrate(0.2, "m", segment="new", context={**ctx, "segment": "web"}) == (
+        cal.apply(0.2, {**ctx, "segment": "web"}))
+    # No context: the context-free map, sigmoid(a z + b).
+    assert client.calibrate(0.2, "m") == pytest.approx(
+        1 / (1 + np.exp(-(0.9 * np.log(0.25) - 0.1))), rel=1e-12)
+
+
+def test_other_methods_ignore_the_context() -> None:
+    client = CalibratorClient()
+    client.apply(None, _version("global", 1, "platt", a=0.8, b=-0.2))
+    plain = client.calibrate(0.3, "m")
+    assert client.calibrate(0.3, "m", context={"hour": 5, "device": "tv"}) == plain

@@ -12,6 +12,8 @@ import pytest
 from tests.unit.core.codec.schema_support import validator
 from worker.cli import main
 from worker.core.codec.input_decoder import InputDecoder
+from worker.core.pipeline import PipelineConfig
+from worker.replay import run_replay
 from worker.sim.join_oracle import oracle_labels
 from worker.sim.scenario import Scenario
 from worker.sim.streamrec import generate, write_jsonl
@@ -119,3 +121,28 @@ def test_missing_input_file_is_a_clear_error(
 ) -> None:
     assert main(["replay", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_replay_keeps_the_configured_context_fields_and_nothing_otherwise(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    write_jsonl(Scenario(n_events=600, n_users=50, n_items=20, seed=4, events_per_second=2,
+                         attribution_window_ms=60_000, context_fields=True),
+                events, manifest=False)
+    run_replay(events, tmp_path / "kept", PipelineConfig(window_ms=60_000,
+                                                         context_fields=("device",)))
+    run_replay(events, tmp_path / "plain", PipelineConfig(window_ms=60_000))
+    kept = [orjson.loads(x) for x in (tmp_path / "kept/feedback.jsonl").read_bytes().splitlines()]
+    plain = [orjson.loads(x) for x in
+             (tmp_path / "plain/feedback.jsonl").read_bytes().splitlines()]
+    truth = {}
+    for line in events.read_bytes().splitlines():
+        obj = orjson.loads(line)
+        if obj["type"] == "impression":
+            truth[obj["impression_id"]] = obj["context"]["device"]
+    assert len(kept) == len(plain) == 600
+    assert all(r["context"] == {"device": truth[r["impression_id"]]} for r in kept)
+    assert not any("context" in r for r in plain)
+    check = validator("feedback")
+    assert all(not list(check.iter_errors(r)) for r in kept[:50])
+    # Apart from the kept context, the outputs are the same.
+    assert [{k: v for k, v in r.items() if k != "context"} for r in kept] == plain

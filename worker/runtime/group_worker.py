@@ -92,6 +92,7 @@ class GroupWorker:
         self._decoder = InputDecoder(
             max_message_bytes=settings.max_message_bytes,
             max_future_ms=int(settings.max_future_s * 1000),
+            context_fields=settings.context_fields,
         )
         self._tasks: dict[int, PartitionTask] = {}
         self._producers: dict[int, Any] = {}

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.core.calibrators.calibrator import Calibrator
+from worker.core.calibrators.contextual import ContextualCalibrator
 from worker.core.calibrators.identity import IdentityCalibrator
 from worker.core.calibrators.isotonic import IsotonicCalibrator
 from worker.core.calibrators.platt import PlattCalibrator
@@ -14,7 +15,13 @@ from worker.core.errors import ConfigError, InvalidInputError
 
 CALIBRATOR_CLASSES: dict[str, type[Calibrator]] = {
     cls.method: cls
-    for cls in (IdentityCalibrator, TemperatureCalibrator, PlattCalibrator, IsotonicCalibrator)
+    for cls in (
+        IdentityCalibrator,
+        TemperatureCalibrator,
+        PlattCalibrator,
+        IsotonicCalibrator,
+        ContextualCalibrator,
+    )
 }
 
 

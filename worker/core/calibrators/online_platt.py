@@ -8,16 +8,15 @@ round of online Newton step (ONS, Hazan, Agarwal & Kale 2007) on the log loss of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 from numpy.typing import ArrayLike
 
+from worker.core.calibrators._ons import check_event, check_events, project_box
 from worker.core.calibrators.platt import PlattCalibrator
 from worker.core.checks import check_positive, is_real
-from worker.core.errors import ConfigError, InvalidInputError, StateError
+from worker.core.errors import ConfigError, StateError
 from worker.core.mathfn import clamp_logit, sigmoid
 
 __all__ = ["OnlinePlatt"]
@@ -128,10 +127,7 @@ class OnlinePlatt:
 
     def update(self, z: float, y: float) -> None:
         """One labelled event: model logit ``z``, label ``y`` in {0, 1}."""
-        if not is_real(z):
-            raise InvalidInputError("score_range", f"logit must be a finite number; got {z!r}")
-        if not (is_real(y) and y in (0, 1)):
-            raise InvalidInputError("schema", f"label must be 0 or 1; got {y!r}")
+        check_event(z, y)
         self._step(clamp_logit(float(z)), float(y))
 
     def update_many(self, z: ArrayLike, y: ArrayLike) -> None:
@@ -139,18 +135,7 @@ class OnlinePlatt:
 
         The whole batch is validated first, so a bad event leaves the state unchanged.
         """
-        za = np.asarray(z, dtype=np.float64).ravel()
-        ya = np.asarray(y, dtype=np.float64).ravel()
-        if za.size != ya.size:
-            raise InvalidInputError(
-                "schema", f"z and y must have one length; got {za.size}, {ya.size}"
-            )
-        if not np.isfinite(za).all():
-            bad = za[~np.isfinite(za)][0]
-            raise InvalidInputError("score_range", f"logit must be a finite number; got {bad}")
-        if ((ya != 0.0) & (ya != 1.0)).any():
-            bad = ya[(ya != 0.0) & (ya != 1.0)][0]
-            raise InvalidInputError("schema", f"label must be 0 or 1; got {bad}")
+        za, ya = check_events(z, y)
         step = self._step
         for zi, yi in zip(za.tolist(), ya.tolist(), strict=True):
             step(clamp_logit(zi), yi)
@@ -158,7 +143,12 @@ class OnlinePlatt:
     def _step(self, z: float, y: float) -> None:
         # Python floats throughout: a 2x2 step is ~1 µs here and ~20 µs through numpy.
         r = sigmoid(self._a * z + self._b) - y
-        g_a, g_b = r * z, r
+        self.step_gradient(r * z, r)
+
+    def step_gradient(self, g_a: float, g_b: float) -> None:
+        """One ONS round from the round's loss gradient ``(g_a, g_b)`` at the current
+        ``(a, b)`` (``update`` is this with ``(r z, r)``; ``OnlineContextual`` drives its
+        context-free block with it). The caller has checked that both are finite."""
         aa = self._aa + g_a * g_a
         ab = self._ab + g_a * g_b
         bb = self._bb + g_b * g_b
@@ -172,19 +162,9 @@ class OnlinePlatt:
 
     def _project(self, a: float, b: float) -> tuple[float, float]:
         """``argmin (t - (a, b))' A (t - (a, b))`` over the box (see the class docstring)."""
-        lo, hi, bm = self._a_min, self._a_max, self._b_max
-        if lo <= a <= hi and -bm <= b <= bm:
-            return a, b
-        aa, ab, bb = self._aa, self._ab, self._bb
-        best = (math.inf, a, b)
-        for fixed_a in (lo, hi):
-            # Edge a = fixed_a: minimise over b, then clip (a 1-D convex quadratic).
-            bb_opt = min(max(b - ab * (fixed_a - a) / bb, -bm), bm)
-            best = min(best, (_quad(aa, ab, bb, fixed_a - a, bb_opt - b), fixed_a, bb_opt))
-        for fixed_b in (-bm, bm):
-            a_opt = min(max(a - ab * (fixed_b - b) / aa, lo), hi)
-            best = min(best, (_quad(aa, ab, bb, a_opt - a, fixed_b - b), a_opt, fixed_b))
-        return best[1], best[2]
+        return project_box(
+            a, b, self._aa, self._ab, self._bb, self._a_min, self._a_max, self._b_max
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -234,7 +214,3 @@ class OnlinePlatt:
     def __repr__(self) -> str:
         return f"OnlinePlatt(a={self._a:.6g}, b={self._b:.6g}, n={self._n})"
 
-
-def _quad(aa: float, ab: float, bb: float, da: float, db: float) -> float:
-    """``d' A d`` for ``d = (da, db)``."""
-    return aa * da * da + 2.0 * ab * da * db + bb * db * db

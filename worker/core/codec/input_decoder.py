@@ -23,11 +23,12 @@ import dataclasses
 import math
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
+from worker.core.calibrators.context_features import check_fields, keeps
 from worker.core.errors import ConfigError, InvalidInputError
 from worker.core.records.click import Click
 from worker.core.records.impression import Impression
@@ -160,7 +161,7 @@ def _logit_of_score(score: float) -> float:
 
 _IMPRESSION_FIELDS = (
     "impression_id", "user_id", "item_id", "ts", "model_id", "score", "logit", "segment", "arm",
-    "position",
+    "position", "context",
 )
 
 
@@ -185,7 +186,7 @@ def _impression_factory() -> Callable[..., Impression]:
     )
     if not ok:
         return Impression
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = (
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10 = (
         Impression.__dict__[name].__set__ for name in _IMPRESSION_FIELDS
     )
     new = object.__new__
@@ -201,6 +202,7 @@ def _impression_factory() -> Callable[..., Impression]:
         segment: str,
         arm: str | None,
         position: int | None,
+        context: dict[str, Any] | None = None,
     ) -> Impression:
         imp = new(Impression)
         s0(imp, impression_id)
@@ -213,6 +215,7 @@ def _impression_factory() -> Callable[..., Impression]:
         s7(imp, segment)
         s8(imp, arm)
         s9(imp, position)
+        s10(imp, context)
         return imp
 
     return make
@@ -267,6 +270,12 @@ class InputDecoder:
     than ``max_future_ms`` after ``now_ms``). The key and clock checks run only when ``key`` /
     ``now_ms`` are given.
 
+    ``context_fields`` names the fields of the message's ``context`` object to keep on the
+    impression (``Impression.context``, for the ``contextual`` calibrator): a finite number
+    or a string of 1-128 characters is kept, anything else (absent, null, a list, an
+    object, a long string, ``context`` itself absent) is left out as missing: it never
+    rejects a message. With none configured (the default) ``context`` is not read at all.
+
     Impressions always come out with both ``score`` and ``logit``. When only a score is
     given, ``logit = log(p / (1 - p))`` with ``p = clip(score, 1e-6, 1 - 1e-6)``. When a logit
     is given it wins: ``score = sigmoid(logit)``, except that a given score is kept when it is
@@ -291,9 +300,14 @@ class InputDecoder:
     score_range - score must be a finite number in [0, 1]; got 1.5
     """
 
-    __slots__ = ("_max_future_ms", "_max_message_bytes")
+    __slots__ = ("_context_fields", "_max_future_ms", "_max_message_bytes")
 
-    def __init__(self, max_message_bytes: int = 65536, max_future_ms: int = 3_600_000) -> None:
+    def __init__(
+        self,
+        max_message_bytes: int = 65536,
+        max_future_ms: int = 3_600_000,
+        context_fields: Sequence[str] = (),
+    ) -> None:
         if type(max_message_bytes) is not int or max_message_bytes < 2:
             # 2 bytes is the smallest JSON object ("{}"); anything lower rejects everything.
             raise ConfigError(
@@ -303,11 +317,17 @@ class InputDecoder:
             raise ConfigError(f"max_future_ms must be an integer >= 0; got {max_future_ms!r}")
         self._max_message_bytes = max_message_bytes
         self._max_future_ms = max_future_ms
+        self._context_fields = check_fields("context_fields", context_fields)
 
     @property
     def max_message_bytes(self) -> int:
         """Largest accepted message, in bytes."""
         return self._max_message_bytes
+
+    @property
+    def context_fields(self) -> tuple[str, ...]:
+        """The ``context`` fields kept on each impression."""
+        return self._context_fields
 
     @property
     def max_future_ms(self) -> int:
@@ -481,6 +501,11 @@ class InputDecoder:
                 raise _key_mismatch(key, user_id) from None
         if now_ms is not None and ts > now_ms + self._max_future_ms:
             raise _future(ts, now_ms, self._max_future_ms)
+        if self._context_fields:
+            return _new_impression(
+                impression_id, user_id, item_id, ts, model_id, score, logit, segment, arm,
+                position, _kept_context(obj, self._context_fields),  # type: ignore[arg-type]
+            )
         return _new_impression(
             impression_id, user_id, item_id, ts, model_id, score, logit, segment, arm, position
         )
@@ -504,6 +529,16 @@ class InputDecoder:
         if now_ms is not None and ts > now_ms + self._max_future_ms:
             raise _future(ts, now_ms, self._max_future_ms)
         return Click(impression_id, user_id, ts, item_id)
+
+
+def _kept_context(obj: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any] | None:
+    """The configured fields of a validated impression's ``context`` that ``keeps`` accepts;
+    None when there are none (so the record stays as small as without the setting)."""
+    context = obj.get("context")
+    if type(context) is not dict and not isinstance(context, dict):
+        return None
+    kept = {name: context[name] for name in names if name in context and keeps(context[name])}
+    return kept or None
 
 
 def _not_object(obj: object) -> InvalidInputError:

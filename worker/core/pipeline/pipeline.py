@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from worker.core.calibrators.context_features import check_fields
 from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.join.join_step import JoinStep
@@ -41,6 +42,14 @@ class PipelineConfig:
     clock_confirmations: int = 3
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: The impression ``context`` fields the decoder keeps (``InputDecoder``), the inputs of
+    #: the ``contextual`` calibrator; empty: ``context`` is not read.
+    context_fields: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "context_fields", check_fields("context_fields", self.context_fields)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +60,7 @@ class PipelineConfig:
             "clock_confirmations": self.clock_confirmations,
             "monitor": self.monitor.to_dict(),
             "policy": self.policy.to_dict(),
+            "context_fields": list(self.context_fields),
         }
 
     @classmethod

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -13,9 +14,18 @@ class Impression:
     Build it with ``worker.core.codec.input_decoder.InputDecoder`` from raw input; this
     class itself trusts its arguments (the decoder has validated them).
 
+    ``context`` holds the configured fields of the message's ``context`` object that the
+    decoder kept (numbers and short strings; DESIGN §3), or None when none is configured or
+    none was usable: the ``contextual`` calibrator's inputs, with ``ts``, ``position`` and
+    ``segment`` (``serving_context``).
+
     >>> imp = Impression("i1", "u1", "item", 1_000, "default", 0.5, 0.0, "default", None, None)
     >>> imp.to_dict()["logit"]
     0.0
+    >>> imp = Impression("i1", "u1", "item", 1_000, "default", 0.5, 0.0, "web", None, 3,
+    ...                  {"device": "mobile"})
+    >>> imp.serving_context()
+    {'ts': 1000, 'segment': 'web', 'position': 3, 'device': 'mobile'}
     """
 
     impression_id: str
@@ -28,6 +38,8 @@ class Impression:
     segment: str
     arm: str | None
     position: int | None
+    # Left out of the hash (a dict is unhashable); equality still compares it.
+    context: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The impression's fields as a JSON-ready dict (optional fields only when set)."""
@@ -45,6 +57,18 @@ class Impression:
             out["arm"] = self.arm
         if self.position is not None:
             out["position"] = self.position
+        if self.context is not None:
+            out["context"] = dict(self.context)
+        return out
+
+    def serving_context(self) -> dict[str, Any]:
+        """The mapping a ``contextual`` calibrator reads: ``ts``, ``segment``, ``position``
+        (when set) and the kept ``context`` fields (which never use those names)."""
+        out: dict[str, Any] = {"ts": self.ts, "segment": self.segment}
+        if self.position is not None:
+            out["position"] = self.position
+        if self.context:
+            out.update(self.context)
         return out
 
     @classmethod
@@ -61,4 +85,5 @@ class Impression:
             segment=data["segment"],
             arm=data.get("arm"),
             position=data.get("position"),
+            context=data.get("context"),
         )

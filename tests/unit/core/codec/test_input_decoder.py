@@ -517,3 +517,68 @@ def test_feedback_of_any_decoded_impression_validates(
         feedback = Feedback(got, 0, got.ts + 1_800_000, None, None)
     data = orjson.loads(encode_json(feedback))
     assert list(validator("feedback").iter_errors(data)) == []
+
+
+# -- context fields (the contextual calibrator's inputs) ------------------------------------
+
+CONTEXT = {"device": "mobile", "depth": 3, "ratio": 0.25, "flag": True, "none": None,
+           "tags": ["a"], "obj": {"k": 1}, "long": "x" * 129, "empty": "", "big": 1e30}
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_configured_context_fields_are_kept_when_usable(fast: bool) -> None:
+    dec = InputDecoder(context_fields=("device", "depth", "ratio", "flag", "none", "tags",
+                                       "obj", "long", "empty", "big", "absent"))
+    # ts 1000.0 is valid but leaves the fast path: both paths must keep the same fields.
+    obj = imp(context=CONTEXT, **({} if fast else {"ts": float(TS)}))
+    got = dec.decode_impression(enc(obj))
+    assert got.context == {"device": "mobile", "depth": 3, "ratio": 0.25, "big": 1e30}
+    assert got.serving_context() == {"ts": TS, "segment": "default", "device": "mobile",
+                                     "depth": 3, "ratio": 0.25, "big": 1e30}
+    assert dec.impression_from_obj(obj) == got
+
+
+@pytest.mark.parametrize("context", [DROP, {}, {"other": 1}, {"device": None},
+                                     {"device": ["mobile"]}])
+def test_no_usable_context_field_leaves_context_unset(context: Any) -> None:
+    dec = InputDecoder(context_fields=("device",))
+    got = dec.decode_impression(enc(imp(context=context)))
+    assert got.context is None
+    assert "context" not in got.to_dict()
+
+
+def test_without_configured_fields_context_is_not_read() -> None:
+    plain = InputDecoder().decode_impression(enc(imp(context=CONTEXT)))
+    assert plain.context is None
+    assert plain == InputDecoder().decode_impression(enc(imp()))
+    # A context that is not an object is still a schema error, configured or not.
+    for dec in (InputDecoder(), InputDecoder(context_fields=("device",))):
+        assert reason_of(dec.decode_impression, enc(imp(context=[1])))[0] == "schema"
+
+
+def test_kept_context_survives_feedback_and_its_schema() -> None:
+    dec = InputDecoder(context_fields=("device", "depth"))
+    impression = dec.decode_impression(enc(imp(context=CONTEXT)))
+    fb = Feedback(impression, 1, TS + 10, TS + 10, 10)
+    data = orjson.loads(encode_json(fb.to_dict()))
+    assert data["context"] == {"device": "mobile", "depth": 3}
+    assert list(validator("feedback").iter_errors(data)) == []
+    assert Feedback.from_dict(data) == fb
+
+
+@pytest.mark.parametrize("fields", [("ts",), ("segment",), ("a", "a"), ("",), "device"])
+def test_invalid_context_fields_are_refused(fields: Any) -> None:
+    with pytest.raises(ConfigError):
+        InputDecoder(context_fields=fields)
+
+
+@settings(max_examples=200, deadline=None)
+@given(valid_impressions)
+def test_every_valid_impression_decodes_with_context_fields(obj: dict[str, Any]) -> None:
+    # Keeping context fields never turns a schema-valid input into a rejection.
+    names = tuple(obj["context"])[:3] if isinstance(obj.get("context"), dict) else ()
+    names = tuple(n for n in names if n and len(n) <= 128 and n not in
+                  ("ts", "hour", "position", "segment")) or ("device",)
+    with_ctx = InputDecoder(context_fields=names).impression_from_obj(obj)
+    without = InputDecoder().impression_from_obj(obj)
+    assert dataclasses.replace(with_ctx, context=None) == without
