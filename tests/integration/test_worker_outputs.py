@@ -287,8 +287,8 @@ async def test_the_changelog_is_read_from_its_beginning_every_time(
         "bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix})
     worker = GroupWorker(settings, TopicPlan(partitions=2, replication_factor=1))
     await create_topics(kafka_bootstrap, [TopicSpec(worker.names.state, 2)])
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap,
-                                transactional_id=unique_topic("txn"))
+    txn_id = unique_topic("txn")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
     await producer.start()
     try:
         async with producer.transaction():
@@ -298,6 +298,14 @@ async def test_the_changelog_is_read_from_its_beginning_every_time(
             await producer.send(worker.names.state, None, key=b"join:u0", partition=1)
     finally:
         await producer.stop()
+    # A commit returns before its markers are written, and until then the last stable offset
+    # (a read_committed reader's end) stays below the transaction. The worker restores only
+    # after its partition's producer (the same transactional id) has initialised, which
+    # waits for the markers; the test does the same (a restore started earlier read nothing
+    # on a loaded machine: the end offset was still the transaction's start).
+    again = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
+    await again.start()
+    await again.stop()
     from aiokafka import AIOKafkaConsumer
 
     worker._restorer = AIOKafkaConsumer(
