@@ -120,6 +120,10 @@ class GroupWorker:
         self._next_posteriors = 0.0
         self._next_metrics = 0.0
         self._next_idle_check: dict[int, float] = {}
+        # Per (partition, source), the newest end offset fetched. End offsets never go down,
+        # so a position below one proves unread messages without asking the broker again; a
+        # position at or past it needs a fresh fetch (idle is only ever decided on that).
+        self._known_ends: dict[tuple[int, str], int] = {}
         self._commit_failures: Counter[int] = Counter()
         # Per partition, how often its inputs were sought (restores): messages fetched
         # before a seek of their partition are dropped (they are fetched again after it).
@@ -309,14 +313,22 @@ class GroupWorker:
                 wanted[partition] = INPUT_SOURCES
         if not wanted:
             return {}
-        tps = {
-            (p, src): TopicPartition(self.names.input_topic(src), p)
-            for p, sources in wanted.items() for src in sources
-        }
+        out: dict[int, dict[str, bool]] = {}
+        tps: dict[tuple[int, str], Any] = {}
         try:
+            for p, sources in wanted.items():
+                for src in sources:
+                    tp = TopicPartition(self.names.input_topic(src), p)
+                    known = self._known_ends.get((p, src))
+                    if known is not None and await consumer.position(tp) < known:
+                        out.setdefault(p, {})[src] = True  # unread for sure: no round trip
+                    else:
+                        tps[(p, src)] = tp
+            if not tps:
+                return out
             ends = await consumer.end_offsets(list(tps.values()))
-            out: dict[int, dict[str, bool]] = {}
             for (p, src), tp in tps.items():
+                self._known_ends[(p, src)] = ends[tp]
                 position = await consumer.position(tp)
                 out.setdefault(p, {})[src] = position < ends[tp]
             return out
@@ -598,6 +610,8 @@ class GroupWorker:
     async def _drop(self, partition: int) -> None:
         self._tasks.pop(partition, None)
         self._careful.pop(partition, None)
+        for source in INPUT_SOURCES:
+            self._known_ends.pop((partition, source), None)
         self.metrics.forget_partition(partition)
         producer = self._producers.pop(partition, None)
         if producer is not None:
