@@ -96,6 +96,12 @@ class PolicyConfig:
     - ``online_method``: the learner each global and segment scope keeps, fed every matured
       training label of the scope, its current map a candidate at every refit (``"platt"``:
       ``OnlinePlatt``, published as a ``platt`` version; None: no learner).
+    - ``online_z``: the learner's map is published when it beats the served map and
+      identity under the publication test; besides, at each refit it may replace the
+      served map when it has the lowest holdout NLL of the candidates, is not
+      significantly worse than the served map and beats identity by ``online_z`` standard
+      errors (tested at every refit, like a user: z = 2 would publish a calibrated
+      stream's noise every few dozen refits).
     - ``online_gamma``, ``online_rho``: its learning rate (``gamma``, smaller follows changes
       faster at a higher variance) and initial curvature (``rho``, ``A = rho I``: larger
       makes the first steps smaller); see ``OnlinePlatt``.
@@ -151,6 +157,7 @@ class PolicyConfig:
     drift_pending_refits: int = 5
     drift_prior_strength: float = 2000.0
     online_method: str | None = "platt"
+    online_z: float = 3.0
     online_gamma: float = 0.1
     online_rho: float = 100.0
     online_a_min: float = 0.01
@@ -195,7 +202,7 @@ class PolicyConfig:
                 f"({self.recent_window})"
             )
         for name in ("z", "user_z", "segment_prior_strength", "user_prior_strength",
-                     "user_ttl_ms", "drift_prior_strength", "online_gamma", "online_rho",
+                     "user_ttl_ms", "drift_prior_strength", "online_z", "online_gamma", "online_rho",
                      "online_a_min", "online_a_max", "online_b_max"):
             check_positive(name, getattr(self, name))
         for name in ("change_alpha", "drift_alpha"):

@@ -55,7 +55,7 @@ _CHANGE_GRID = 40
 _CHANGE_GRID_FINE = 8
 _REFINE_MIN_SHIFT = 1e-3
 # Candidates that are estimates (and so can be refined by more data), not fixed maps.
-_FITTED = ("temperature", "platt", "isotonic", "online")
+_FITTED = ("temperature", "platt", "isotonic")
 # Free parameters, roughly: the order in which _pick prefers candidates of equal merit.
 _COMPLEXITY = {"identity": 0, "fallback": 0, "temperature": 1, "platt": 2, "online": 2,
                "isotonic": 3}
@@ -681,8 +681,11 @@ class RecalibrationPolicy:
                 ):
                     best, publish = refined, True
         online_sc = next((sc for sc in long_scored if sc.candidate.name == "online"), None)
-        if not publish and online_sc is not None and self._follows_online(
-            online_sc, served_p, served_losses, identity_losses
+        # A segment's first own version must beat its parent beyond noise (the gate); only
+        # then may its learner's map follow.
+        if not publish and online_sc is not None and (is_global or state.covered) and (
+            self._follows_online(online_sc, long_scored, hy, served_p, served_losses,
+                                 identity_losses)
         ):
             best, publish = online_sc, True
         if not publish and is_global and state.current is None and hz.size >= cfg.min_n_eval:
@@ -720,12 +723,17 @@ class RecalibrationPolicy:
     def _follows_online(
         self,
         sc: Scored,
+        scored: list[Scored],
+        hy: FloatArray,
         served_p: FloatArray,
         served_losses: FloatArray,
         identity_losses: FloatArray,
     ) -> bool:
         """Whether the online learner's map replaces the served one although it does not
-        beat it beyond noise: it beats identity beyond noise, is not significantly worse
+        beat it beyond noise: it has the lowest holdout NLL of the refit's candidates (so
+        a refit-family fit on more data, which is less noisy than the learner's map, is
+        preferred where it is as good), beats identity beyond noise at ``online_z`` (it is
+        tested at every refit, as a user is at every check), is not significantly worse
         than the served map, and moves some holdout prediction by ``_REFINE_MIN_SHIFT``.
 
         The same reasoning as refinement: consecutive maps of the learner differ by a small
@@ -736,10 +744,12 @@ class RecalibrationPolicy:
         cfg = self._cfg
         if served_losses.size < cfg.min_n_eval:
             return False
+        if pick_best(scored, hy, cfg.n_bins) is not sc:
+            return False
         mean, se = improvement(served_losses, sc.losses)
         moved = float(np.abs(sc.p - served_p).max()) >= _REFINE_MIN_SHIFT
-        return mean > -cfg.z * se and moved and self._beats_identity(
-            sc, identity_losses, cfg.min_n_eval
+        return mean > -cfg.z * se and moved and beats(
+            identity_losses, sc.losses, cfg.online_z, cfg.min_n_eval, 0.0
         )
 
     def _floor(self, sc: Scored) -> float:
