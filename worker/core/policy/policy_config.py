@@ -202,8 +202,8 @@ class PolicyConfig:
                 f"({self.recent_window})"
             )
         for name in ("z", "user_z", "segment_prior_strength", "user_prior_strength",
-                     "user_ttl_ms", "drift_prior_strength", "online_z", "online_gamma", "online_rho",
-                     "online_a_min", "online_a_max", "online_b_max"):
+                     "user_ttl_ms", "drift_prior_strength", "online_z", "online_gamma",
+                     "online_rho", "online_a_min", "online_a_max", "online_b_max"):
             check_positive(name, getattr(self, name))
         for name in ("change_alpha", "drift_alpha"):
             value = getattr(self, name)
