@@ -684,8 +684,7 @@ class RecalibrationPolicy:
         # A segment's first own version must beat its parent beyond noise (the gate); only
         # then may its learner's map follow.
         if not publish and online_sc is not None and (is_global or state.covered) and (
-            self._follows_online(online_sc, long_scored, hy, served_p, served_losses,
-                                 identity_losses)
+            self._follows_online(online_sc, served_p, served_losses, identity_losses)
         ):
             best, publish = online_sc, True
         if not publish and is_global and state.current is None and hz.size >= cfg.min_n_eval:
@@ -723,18 +722,20 @@ class RecalibrationPolicy:
     def _follows_online(
         self,
         sc: Scored,
-        scored: list[Scored],
-        hy: FloatArray,
         served_p: FloatArray,
         served_losses: FloatArray,
         identity_losses: FloatArray,
     ) -> bool:
         """Whether the online learner's map replaces the served one although it does not
-        beat it beyond noise: it has the lowest holdout NLL of the refit's candidates (so
-        a refit-family fit on more data, which is less noisy than the learner's map, is
-        preferred where it is as good), beats identity beyond noise at ``online_z`` (it is
-        tested at every refit, as a user is at every check), is not significantly worse
-        than the served map, and moves some holdout prediction by ``_REFINE_MIN_SHIFT``.
+        beat it beyond noise: it beats identity beyond noise at ``online_z``, is not
+        significantly worse than the served map, and moves some holdout prediction by
+        ``_REFINE_MIN_SHIFT``.
+
+        Measured alternatives (``bench/prequential.py``, realistic stream, seed 1): also
+        asking it to have the lowest holdout NLL of the refit's candidates, or
+        ``online_z = 3``, each left 4 of 6 days worse than the raw model (this rule: 1);
+        the price is on clean synthetic streams, where the learner's step noise (``gamma``
+        0.1: ~5x a batch fit's variance) is served too.
 
         The same reasoning as refinement: consecutive maps of the learner differ by a small
         step toward a better map, a gap the paired test cannot see, so the test alone would
@@ -743,8 +744,6 @@ class RecalibrationPolicy:
         doing nothing": a learner still finding its way (the first day) is not served."""
         cfg = self._cfg
         if served_losses.size < cfg.min_n_eval:
-            return False
-        if pick_best(scored, hy, cfg.n_bins) is not sc:
             return False
         mean, se = improvement(served_losses, sc.losses)
         moved = float(np.abs(sc.p - served_p).max()) >= _REFINE_MIN_SHIFT
