@@ -227,4 +227,8 @@ def test_learner_slot_factory_and_config() -> None:
         PolicyConfig(online_a_min=2.0, online_a_max=1.0)
     with pytest.raises(ConfigError, match="drift_prior_strength"):
         PolicyConfig(drift_prior_strength=0.0)
-    assert math.isclose(PolicyConfig().online_gamma, OnlinePlatt().config()["gamma"])
+    # The policy's learner is built from the policy's knobs.
+    cfg = PolicyConfig(online_gamma=0.7, online_rho=5.0)
+    made = new_learner(cfg, (1.0, 0.0))
+    assert isinstance(made, OnlinePlatt)
+    assert math.isclose(made.config()["gamma"], 0.7) and math.isclose(made.config()["rho"], 5.0)
