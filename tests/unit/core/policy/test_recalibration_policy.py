@@ -167,8 +167,10 @@ def test_abrupt_drift_is_followed_by_a_fit_on_the_new_regime() -> None:
     after = [m for m in msgs if m["event_ts"] >= change_ts]
     assert after, msgs
     first = after[0]
-    # Within three refits of the change, fitted on (nearly) post-change events only.
-    assert first["event_ts"] - change_ts <= 3_000 * 1_000
+    # Within four refits of the change (the gate waits for the post-change holdout to show
+    # it beats the served map and identity beyond noise; three before the gate), fitted on
+    # (nearly) post-change events only.
+    assert first["event_ts"] - change_ts <= 4_000 * 1_000
     assert first["training"]["from_ts"] >= change_ts - 200 * 1_000
     assert first["reason"] == "scheduled"
     assert np.abs(served_p(first, GRID) - sigmoid(GRID / 1.6)).max() < 0.05
@@ -225,8 +227,7 @@ def test_young_version_after_a_change_is_refined_before_the_next_scheduled_refit
     )
     assert first["training"]["from_ts"] >= int(ev.ts[change]) - 200 * 1_000
     # The refinements get closer to the truth, T = 1.6 (the regime's fits stay shrunk
-    # toward the map served at the change, a prior worth drift_prior_strength = 2,000
-    # events: 4,000 events after the change they are ~2/3 of the way in logit slope).
+    # toward the map served at the change, a prior worth drift_prior_strength events).
     final = policy.resolve("m", "web", None)
     err_final = np.abs(served_p(final, GRID) - sigmoid(GRID / 1.6)).max()
     assert err_final < 0.03
