@@ -926,20 +926,28 @@ class RecalibrationPolicy:
     ) -> list[Candidate]:
         """Post-change fits shrunk toward ``anchor`` (see ``_change_path``), then the given
         isotonic fit, the fallback and identity; monotone increasing ones only."""
+        fits = self._shrunk_fits(z, y, w, anchor, self._shrink_temp_drift,
+                                 self._shrink_platt_drift)
+        return _monotone_candidates(fits, training, isotonic, fallback)
+
+    def _shrunk_fits(
+        self,
+        z: FloatArray,
+        y: FloatArray,
+        w: FloatArray | None,
+        parent: Calibrator,
+        temp: HierarchicalShrinkage,
+        platt: HierarchicalShrinkage,
+    ) -> list[tuple[str, Calibrator]]:
+        """Temperature (when ``parent`` is temperature-like) and Platt fits shrunk toward
+        ``parent``, for the configured methods."""
         methods = self._cfg.methods
         fits: list[tuple[str, Calibrator]] = []
-        if "temperature" in methods and _temperature_like(anchor):
-            fits.append(
-                ("temperature", self._shrink_temp_drift.fit_child(z, y, w, parent=anchor))
-            )
+        if "temperature" in methods and _temperature_like(parent):
+            fits.append(("temperature", temp.fit_child(z, y, w, parent=parent)))
         if "platt" in methods:
-            fits.append(("platt", self._shrink_platt_drift.fit_child(z, y, w, parent=anchor)))
-        if isotonic is not None:
-            fits.append(("isotonic", isotonic))
-        if fallback is not None:
-            fits.append(("fallback", fallback))
-        fits.append(("identity", _IDENTITY))
-        return _monotone_candidates(fits, training)
+            fits.append(("platt", platt.fit_child(z, y, w, parent=parent)))
+        return fits
 
     # ------------------------------------------------------------------ candidates
 
@@ -1009,18 +1017,9 @@ class RecalibrationPolicy:
             if "platt" in methods:
                 fits.append(("platt", PlattCalibrator.fit(z, y, w)))
         else:
-            if "temperature" in methods and _temperature_like(parent):
-                fits.append(
-                    ("temperature", self._shrink_temp_seg.fit_child(z, y, w, parent=parent))
-                )
-            if "platt" in methods:
-                fits.append(("platt", self._shrink_platt_seg.fit_child(z, y, w, parent=parent)))
-        if isotonic is not None:
-            fits.append(("isotonic", isotonic))
-        if fallback is not None:
-            fits.append(("fallback", fallback))
-        fits.append(("identity", _IDENTITY))
-        return _monotone_candidates(fits, training)
+            fits = self._shrunk_fits(z, y, w, parent, self._shrink_temp_seg,
+                                     self._shrink_platt_seg)
+        return _monotone_candidates(fits, training, isotonic, fallback)
 
     # ------------------------------------------------------------------ messages
 
@@ -1532,13 +1531,20 @@ def _within_schwarz_margin(simpler: Scored, richer: Scored) -> bool:
 
 
 def _monotone_candidates(
-    fits: list[tuple[str, Calibrator]], training: dict[str, Any]
+    fits: list[tuple[str, Calibrator]],
+    training: dict[str, Any],
+    isotonic: Calibrator | None,
+    fallback: Calibrator | None,
 ) -> list[Candidate]:
-    """``fits`` as candidates, duplicates and maps that are not monotone increasing removed
+    """``fits``, then ``isotonic``, ``fallback`` and identity as candidates (this order
+    breaks exact ties), duplicates and maps that are not monotone increasing removed
     (DESIGN §3: a Platt slope <= 0 is rejected at fit time, never published)."""
+    tail: list[tuple[str, Calibrator | None]] = [
+        ("isotonic", isotonic), ("fallback", fallback), ("identity", _IDENTITY)
+    ]
     seen: list[dict[str, Any]] = []
     out = []
-    for name, cal in fits:
+    for name, cal in fits + [(n, c) for n, c in tail if c is not None]:
         d = cal.to_dict()
         if d not in seen and is_monotone_increasing(cal):
             seen.append(d)
