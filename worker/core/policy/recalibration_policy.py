@@ -182,13 +182,30 @@ class RecalibrationPolicy:
     user with few events is served its fallback, never something worse; a user version
     that the fallback comes to beat is replaced by a mirror of the fallback.
 
+    **Guards (DESIGN §5, "never worse than doing nothing").** Every candidate must also beat
+    *identity* beyond noise (the same paired test, no effect floor), besides the served
+    calibrator; a segment's or user's first own version must beat its parent on its own
+    holdout; refinements must beat identity too. Only monotone increasing maps are
+    candidates, and ``_message``, where every version is built, refuses any other.
+
+    **Online learner.** Each global and segment scope keeps an online learner
+    (``online_learner``; ``OnlinePlatt`` by default), fed the scope's training labels and
+    restarted at the new version after a detected change. Its current map is a candidate
+    at every refit under the same gate, and may besides replace the served map at a refit
+    when it beats identity by ``online_z`` and is not significantly worse than the served
+    map (``_follows_online``): it is published as a ``platt`` version, so serving needs
+    nothing new. Its state is part of the scope's record.
+
     **Change path.** A decayed sketch blends an abrupt change with the old regime for a
     long time, and a holdout test is slow to see it. So each refit also runs a likelihood
     ratio test of the served calibrator against a Platt refit on the newest
     ``recent_window`` training events (false-alarm probability ``change_alpha`` per
     refit, see ``_change_path``); on a detection the change point is estimated (CUSUM
     argmax), the calibrator is refitted on the events after it (parametric, chosen by BIC),
-    the sketch is rebuilt from them and older events are dropped. After a global regime
+    the sketch is rebuilt from them and older events are dropped. That fit, and the
+    regime's later global fits, are shrunk toward the map served at the change
+    (``drift_prior_strength``, see ``_change_path``), and it is published only once the
+    holdout events since the change show it beats the served map and identity. After a global regime
     change, a segment with a calibrator of its own keeps it if its own events since the
     change still fit it (the same test at ``drift_alpha``, on at least a quarter window);
     otherwise, or with too few events to tell, it restarts in the new regime and *mirrors*
