@@ -8,6 +8,7 @@ round of online Newton step (ONS, Hazan, Agarwal & Kale 2007) on the log loss of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,7 +63,8 @@ class OnlinePlatt:
     - ``b_max = 20``: ``exp(20)`` ~ 5e8 in odds, beyond any bias a score clipped to
       ``[1e-6, 1 - 1e-6]`` can need.
 
-    The start is identity, ``(a, b) = (1, 0)`` (projected onto the box).
+    The start is ``start``, identity ``(a, b) = (1, 0)`` by default (projected onto the
+    box); the policy starts a scope's learner at the map it serves after a change.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(3)
@@ -87,6 +89,7 @@ class OnlinePlatt:
         a_min: float = 0.01,
         a_max: float = 100.0,
         b_max: float = 20.0,
+        start: tuple[float, float] = (1.0, 0.0),
     ) -> None:
         self._gamma = check_positive("gamma", gamma)
         self._rho = check_positive("rho", rho)
@@ -95,8 +98,12 @@ class OnlinePlatt:
         self._b_max = check_positive("b_max", b_max)
         if not self._a_min < self._a_max:
             raise ConfigError(f"a_min must be < a_max; got {a_min!r} >= {a_max!r}")
-        self._a = min(max(1.0, self._a_min), self._a_max)
-        self._b = 0.0
+        # A = rho * I at the start, so the A-norm projection of the start is a plain clip.
+        a0, b0 = (float(v) for v in start)
+        if not (math.isfinite(a0) and math.isfinite(b0)):
+            raise ConfigError(f"start must be two finite numbers; got {start!r}")
+        self._a = min(max(a0, self._a_min), self._a_max)
+        self._b = min(max(b0, -self._b_max), self._b_max)
         # A = [[aa, ab], [ab, bb]], symmetric positive definite.
         self._aa = self._rho
         self._ab = 0.0
@@ -125,8 +132,10 @@ class OnlinePlatt:
 
     # ------------------------------------------------------------------ update
 
-    def update(self, z: float, y: float) -> None:
-        """One labelled event: model logit ``z``, label ``y`` in {0, 1}."""
+    def update(self, z: float, y: float, impression: object = None) -> None:
+        """One labelled event: model logit ``z``, label ``y`` in {0, 1}. ``impression`` is
+        ignored (the policy's online-learner slot passes it, for learners that use the
+        context)."""
         check_event(z, y)
         self._step(clamp_logit(float(z)), float(y))
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from worker.core.errors import StateError
+from worker.core.policy.online_learner import OnlineLearner, learner_from_dict, new_learner
 from worker.core.policy.policy_config import PolicyConfig
 from worker.core.sketches.event_ring import EventRing
 from worker.core.sketches.logit_histogram import LogitHistogram
@@ -26,13 +27,23 @@ class ScopeState:
     ``segment = global o residual`` in logit space, carried over a global regime change
     that its own calibrator did not survive: until the segment has new-regime data of its
     own, its version is the new global composed with it, and its fits shrink toward that.
+    ``learner``: the scope's online learner (``online_learner``; None when the policy runs
+    without one), fed the scope's training labels, restarted (``reseed``) at a new regime;
+    ``learner_n`` / ``learner_from_ts`` / ``learner_to_ts`` are the ``training`` block of a
+    version it wins (labels and impression times since its start).
     """
 
     __slots__ = (
+        "anchor",
         "current",
         "follow",
         "holdout",
         "last_refit_n",
+        "learner",
+        "learner_from_ts",
+        "learner_n",
+        "learner_positives",
+        "learner_to_ts",
         "n_events",
         "parametric",
         "pending_drift",
@@ -46,7 +57,17 @@ class ScopeState:
         "version_regime",
     )
 
-    def __init__(self, config: PolicyConfig) -> None:
+    def __init__(
+        self, config: PolicyConfig, start: tuple[float, float] = (1.0, 0.0)
+    ) -> None:
+        self.learner: OnlineLearner | None = new_learner(config, start)
+        # The map served when the current regime's change was detected (``{"method",
+        # "params"}``), which the regime's fits are shrunk toward; None: no change yet.
+        self.anchor: dict[str, Any] | None = None
+        self.learner_n = 0
+        self.learner_positives = 0
+        self.learner_from_ts: int | None = None
+        self.learner_to_ts: int | None = None
         self.sketch = LogitHistogram(half_life_ms=config.half_life_ms)
         self.train = EventRing(config.train_buffer)
         self.holdout = EventRing(config.holdout_capacity)
@@ -87,6 +108,31 @@ class ScopeState:
                 # Trusted: the policy hands in a clamped float logit, an int label and time.
                 self.sketch.count_trusted(z, y, ts)
 
+    def learn(self, z: float, y: int, ts: int, impression: object) -> None:
+        """One training label into the online learner (none: nothing)."""
+        learner = self.learner
+        if learner is None:
+            return
+        learner.update(z, y, impression)  # type: ignore[arg-type]
+        self.learner_n += 1
+        self.learner_positives += y
+        if self.learner_from_ts is None or ts < self.learner_from_ts:
+            self.learner_from_ts = ts
+        if self.learner_to_ts is None or ts > self.learner_to_ts:
+            self.learner_to_ts = ts
+
+    def reseed(self, config: PolicyConfig, start: tuple[float, float]) -> None:
+        """A fresh online learner starting at ``start`` (a new regime: what it learnt
+        before describes the old one, and its curvature would make it slow to leave)."""
+        self.learner = new_learner(config, start)
+        self.learner_n = self.learner_positives = 0
+        self.learner_from_ts = self.learner_to_ts = None
+
+    def learner_training(self) -> dict[str, Any]:
+        """The ``training`` block of a version the learner wins."""
+        return {"n": self.learner_n, "positives": self.learner_positives,
+                "from_ts": self.learner_from_ts, "to_ts": self.learner_to_ts}
+
     def restart(self, seq: int, half_life_ms: float | None) -> None:
         """Start a new regime at ``seq``: drop older events, rebuild the sketch from the
         kept raw training events of the new regime."""
@@ -117,6 +163,14 @@ class ScopeState:
             "refine_at": self.refine_at,
             "n_events": self.n_events,
             "last_refit_n": self.last_refit_n,
+            "anchor": self.anchor,
+            "learner": None if self.learner is None else {
+                "state": self.learner.to_dict(),
+                "n": self.learner_n,
+                "positives": self.learner_positives,
+                "from_ts": self.learner_from_ts,
+                "to_ts": self.learner_to_ts,
+            },
         }
 
     @classmethod
@@ -142,6 +196,20 @@ class ScopeState:
             state.refine_at = None if refine_at is None else int(refine_at)
             state.n_events = int(data["n_events"])
             state.last_refit_n = int(data["last_refit_n"])
+            anchor = data.get("anchor")  # absent in states written before it existed
+            state.anchor = None if anchor is None else dict(anchor)
+            # Absent in states written before the learner existed: it starts fresh.
+            learner = data.get("learner")
+            if learner is not None and config.online_method is not None:
+                state.learner = learner_from_dict(config.online_method, learner["state"])
+                state.learner_n = int(learner["n"])
+                state.learner_positives = int(learner["positives"])
+                state.learner_from_ts = _opt_int(learner["from_ts"])
+                state.learner_to_ts = _opt_int(learner["to_ts"])
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise StateError(f"invalid policy scope state: {exc}") from exc
         return state
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -140,12 +140,14 @@ def test_overconfidence_fires_one_drift_alert_per_scope_then_a_drift_version(
     drift_versions = [(i, v) for i, v in drift.versions if v["reason"] == "drift"]
     assert drift_versions, "the detection did not lead to a drift version"
     i_v, v = drift_versions[0]
-    assert first <= i_v <= first + 1_000
-    # The refit learns the new temperature (1.6) or an equivalent Platt slope (1/1.6).
-    if v["method"] == "temperature":
-        assert 1.35 < v["params"]["temperature"] < 1.85
-    else:
-        assert v["method"] == "platt" and 0.5 < v["params"]["a"] < 0.75
+    # Published once the holdout since the change shows it beats the served map and
+    # identity beyond noise (issue 10 item 2): later than the detection itself.
+    assert first <= i_v <= first + 2_500, (first, i_v)
+    # The refit moves toward the new temperature (1.6, a Platt slope of 1/1.6), shrunk
+    # toward the map served before the change (identity) by drift_prior_strength.
+    slope = (1.0 / v["params"]["temperature"] if v["method"] == "temperature"
+             else v["params"]["a"])
+    assert v["method"] in ("temperature", "platt") and 1 / 1.85 < slope < 0.9, v
 
 
 def test_drift_alerts_resolve_after_the_refit(drift: Run) -> None:

@@ -89,7 +89,9 @@ def test_holdout_split_is_a_salted_hash_of_the_impression_id() -> None:
 
 def test_overconfident_stream_gets_its_temperature_at_bootstrap() -> None:
     ev = make_events(20_000, seed=1, temperature=1.6, gap_ms=1_000)
-    policy = RecalibrationPolicy()
+    # The refit family alone (the online learner's map follows at the refit cadence by
+    # design, issue 10 item 3: see test_the_online_learner_follows_at_most_once_per_refit).
+    policy = RecalibrationPolicy(PolicyConfig(online_method=None))
     msgs = run(policy, ev)
     check_messages(msgs)
     first = msgs[0]
@@ -108,11 +110,27 @@ def test_overconfident_stream_gets_its_temperature_at_bootstrap() -> None:
     assert np.abs(served_p(final, GRID) - sigmoid(GRID / 1.6)).max() < 0.02
 
 
+def test_the_online_learner_follows_at_most_once_per_refit() -> None:
+    """With the online learner (the default), its map may replace the served one at each
+    scheduled refit (at most one global version per refit), and what is served at the end
+    is as close to the truth as the refit family's."""
+    ev = make_events(20_000, seed=1, temperature=1.6, gap_ms=1_000)
+    policy = RecalibrationPolicy()
+    msgs = run(policy, ev)
+    check_messages(msgs)
+    glob = [m for m in msgs if m["scope"] == "global"]
+    assert len(glob) <= 20_000 // policy.config.recalibrate_every
+    final = policy.resolve("m", "web", "u1")
+    assert np.abs(served_p(final, GRID) - sigmoid(GRID / 1.6)).max() < 0.02
+
+
 @pytest.mark.parametrize("seed", [2, 3])
 def test_stationary_calibrated_stream_does_not_churn(seed: int) -> None:
     ev = make_events(50_000, seed=seed, segments=(("web", 0.6, 0.0), ("app", 0.4, 0.0)),
                      gap_ms=1_000)
-    policy = RecalibrationPolicy()
+    # The refit family (the online learner's map is followed on weaker evidence by design:
+    # see test_stationary_stream_with_the_online_learner_stays_near_identity).
+    policy = RecalibrationPolicy(PolicyConfig(online_method=None))
     msgs = run(policy, ev)
     check_messages(msgs)
     # 50 refits, and the bootstrap (identity: nothing beats the model's own scores) is the
@@ -122,18 +140,37 @@ def test_stationary_calibrated_stream_does_not_churn(seed: int) -> None:
     ]
 
 
+def test_stationary_stream_with_the_online_learner_stays_near_identity() -> None:
+    """With the learner (the default) a calibrated stream may get a few versions of the
+    learner's map (seed 2: 4 besides the bootstrap, over 50 refits), each one beating
+    identity on the holdout and none far from it."""
+    ev = make_events(50_000, seed=2, segments=(("web", 0.6, 0.0), ("app", 0.4, 0.0)),
+                     gap_ms=1_000)
+    policy = RecalibrationPolicy()
+    msgs = run(policy, ev)
+    check_messages(msgs)
+    assert msgs[0]["method"] == "identity"
+    assert len(msgs) <= 10
+    for m in msgs:
+        assert np.abs(served_p(m, GRID) - sigmoid(GRID)).max() < 0.05
+
+
 def test_abrupt_drift_is_followed_by_a_fit_on_the_new_regime() -> None:
     change = 20_000
     ev = make_events(40_000, seed=4, change_at=change, temperature_after=1.6, gap_ms=1_000)
     change_ts = int(ev.ts[change])
-    policy = RecalibrationPolicy()
+    # The refit family's change path; with the learner the last version may be the
+    # learner's map, which carries its step noise (~0.06 off here in p at the top end).
+    policy = RecalibrationPolicy(PolicyConfig(online_method=None))
     msgs = run(policy, ev)
     check_messages(msgs)
     after = [m for m in msgs if m["event_ts"] >= change_ts]
     assert after, msgs
     first = after[0]
-    # Within three refits of the change, fitted on (nearly) post-change events only.
-    assert first["event_ts"] - change_ts <= 3_000 * 1_000
+    # Within four refits of the change (the gate waits for the post-change holdout to show
+    # it beats the served map and identity beyond noise; three before the gate), fitted on
+    # (nearly) post-change events only.
+    assert first["event_ts"] - change_ts <= 4_000 * 1_000
     assert first["training"]["from_ts"] >= change_ts - 200 * 1_000
     assert first["reason"] == "scheduled"
     assert np.abs(served_p(first, GRID) - sigmoid(GRID / 1.6)).max() < 0.05
@@ -167,7 +204,9 @@ def test_young_version_after_a_change_is_refined_before_the_next_scheduled_refit
     change = 10_000
     ev = make_events(14_000, seed=12, change_at=change, temperature_after=1.6, gap_ms=1_000)
     fbs = list(ev.feedback())
-    policy = RecalibrationPolicy()  # recalibrate_every 1,000, refine_factor 2
+    # recalibrate_every 1,000, refine_factor 2; the refit family's refinement (without the
+    # online learner, whose map may be the first version after the change instead).
+    policy = RecalibrationPolicy(PolicyConfig(online_method=None))
     msgs = [m for f in fbs[: change + 600] for m in policy.update(f, created_at=CREATED_AT)]
     drift = policy.request_refit("m", "global", "drift", created_at=CREATED_AT)[0]
     n0 = drift["training"]["n"]
@@ -181,11 +220,18 @@ def test_young_version_after_a_change_is_refined_before_the_next_scheduled_refit
     # events (~1.1 * n0 / 0.8 events later), not 1,000 events later, and is fitted on them.
     first = after[0]
     assert first["at"] < 1_000 - 100 and first["at"] <= math.ceil(1.1 * n0 / 0.8) + 1
-    assert first["training"]["n"] >= 2 * n0
+    # Either a refinement (twice the data) or, the drift version being shrunk toward the
+    # map served before the change, a fit that beats it on the holdout outright.
+    assert first["training"]["n"] >= 2 * n0 or (
+        first["metrics"]["nll_after"] < first["metrics"]["nll_before"]
+    )
     assert first["training"]["from_ts"] >= int(ev.ts[change]) - 200 * 1_000
-    # The refinements get closer to the truth, T = 1.6.
+    # The refinements get closer to the truth, T = 1.6 (the regime's fits stay shrunk
+    # toward the map served at the change, a prior worth drift_prior_strength events).
     final = policy.resolve("m", "web", None)
-    assert np.abs(served_p(final, GRID) - sigmoid(GRID / 1.6)).max() < 0.02
+    err_final = np.abs(served_p(final, GRID) - sigmoid(GRID / 1.6)).max()
+    assert err_final < 0.03
+    assert err_final < np.abs(served_p(drift, GRID) - sigmoid(GRID / 1.6)).max() / 2
 
 
 @pytest.mark.parametrize(("gain_per_event", "picked"), [(0.005, "temperature"),
@@ -219,7 +265,10 @@ def test_small_segment_keeps_its_offset_when_the_global_changes() -> None:
     ev = make_events(change + 1_500, seed=13, change_at=change, temperature_after=1.6,
                      gap_ms=1_000, segments=(("web", 0.96, 0.0), ("new", 0.04, 0.8)))
     fbs = list(ev.feedback())
-    policy = RecalibrationPolicy()
+    # The offset mechanism alone: no online learner, and a post-change fit that is not
+    # held back toward the served map (with the default prior the new global moves only a
+    # quarter of the way on these 700 events, test_guards checks that).
+    policy = RecalibrationPolicy(PolicyConfig(online_method=None, drift_prior_strength=1.0))
     msgs = [m for f in fbs[: change + 700] for m in policy.update(f, created_at=CREATED_AT)]
     before = policy.resolve("m", "new", None)
     assert before is not None and before["scope"] == "segment:new"
