@@ -9,8 +9,9 @@ What it does, in order:
 3. generates the simulator's ``realistic`` scenario (6 days of a news-recommendation click
    log: daily traffic and CTR cycles, a served model overconfident every morning, position
    effects, a slow base-rate drift and one retrained model, the drift, at 77.5 % of the
-   impressions) ending at the wall clock, with ~1 % duplicates and orphan clicks, 0.3 %
-   malformed lines and 5 s of arrival reordering, and sends it keyed by user;
+   impressions) from the UTC midnight a week ago (the same stream on every run of a seed),
+   with ~1 % duplicates and orphan clicks, 0.3 % malformed lines and 5 s of arrival
+   reordering, and sends it keyed by user;
 4. ends the stream with a few *flush* impressions per partition, stamped past every deadline:
    Kafka has no end of stream, and with them every negative matures as soon as the workers
    reach them, so the result does not depend on timing. The workers' idle timeout is longer
@@ -64,8 +65,8 @@ log = logging.getLogger(__name__)
 #: stream's arrival reordering (5 s), so nothing on time is late.
 WINDOW_S = 1800
 LATENESS_S = 60
-#: Longer than any demo run: the stream's event times lie in the past (6 days ending now),
-#: and an idle partition's watermark follows the wall clock after this long.
+#: Longer than any demo run: the stream's event times lie in the past (a week ago to a day
+#: ago), and an idle partition's watermark follows the wall clock after this long.
 IDLE_TIMEOUT_S = 3600
 #: Posterior snapshots are drained this often (the worker's default is 10 s): the demo's
 #: posterior check reads them right after the last feedback.
@@ -267,15 +268,22 @@ def _signals_ignored() -> Iterator[None]:
 # --- the stream and what it must produce ------------------------------------------------------
 
 
-def demo_scenario(events: int, seed: int, end_ts_ms: int) -> Any:
-    """The demo's stream: the ``realistic`` preset (6 days of event time) ending at
-    ``end_ts_ms``, with the demo's corruption shares."""
-    from worker.sim.scenario import REALISTIC_DAYS, realistic
+def demo_scenario(events: int, seed: int, now_ms: int) -> Any:
+    """The demo's stream: the ``realistic`` preset (6 days of event time), starting at the UTC
+    midnight a week before ``now_ms``, with the demo's corruption shares.
 
+    The start is a midnight, not "now minus 6 days": the scenario's daily patterns follow the
+    UTC hour, so every run with the same seed generates the same stream (and the same
+    calibration figures), whenever it runs. Its event times end a day before ``now_ms`` or
+    more, inside every bound of the worker (the stream lies in the past; nothing is future).
+    """
+    from worker.sim.scenario import realistic
+
+    midnight = now_ms - now_ms % 86_400_000
     return realistic(
         events,
         seed=seed,
-        start_ts_ms=end_ts_ms - REALISTIC_DAYS * 86_400_000,
+        start_ts_ms=midnight - 7 * 86_400_000,
         attribution_window_ms=WINDOW_S * 1000,
         duplicate_share=DUPLICATE_SHARE,
         reorder_within_ms=REORDER_WITHIN_MS,
@@ -890,13 +898,10 @@ class Demo:
             f"one consumer group ({opts.app_id})"
         )
 
-    def _generate(self, end_ts_ms: int) -> tuple[list[Any], Expected]:
+    def _generate(self, now_ms: int) -> tuple[list[Any], Expected]:
         from worker.sim.streamrec import generate
 
-        # The stream ends a window before the wall clock: the flush impressions (last ts +
-        # W + lateness + 5 s) are then stamped about now, far inside the future bound.
-        end = end_ts_ms - (WINDOW_S + LATENESS_S) * 1000 - FLUSH_MARGIN_MS
-        scenario = demo_scenario(self.opts.events, self.opts.seed, end)
+        scenario = demo_scenario(self.opts.events, self.opts.seed, now_ms)
         events = list(generate(scenario))
         expected = expectations(events, WINDOW_S * 1000)
         s = expected.stream
