@@ -143,9 +143,13 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
     assert (summary["impressions"], summary["feedback"]) == (20_000, 20_000)
     assert summary["dead_letters_total"] == 0 and (replay / "dlq.jsonl").read_text() == ""
     versions = [json.loads(line) for line in (replay / "calibrators.jsonl").open()]
-    assert len(versions) == 4
-    assert all(v["scope"] == "global" and v["method"] == "temperature" for v in versions)
-    assert all(1.54 <= v["params"]["temperature"] <= 1.60 for v in versions)
+    assert len(versions) == 16 and all(v["scope"] == "global" for v in versions)
+    temperatures = [v["params"]["temperature"] for v in versions if v["method"] == "temperature"]
+    slopes = [v["params"]["a"] for v in versions if v["method"] == "platt"]
+    assert [v["method"] for v in versions[:2]] == ["temperature", "temperature"]
+    assert len(temperatures) + len(slopes) == 16
+    assert all(1.55 <= t <= 1.61 for t in temperatures), temperatures
+    assert all(0.585 <= a <= 0.68 for a in slopes), slopes
     alerts = [json.loads(line) for line in (replay / "alerts.jsonl").open()]
     firing = {(a["kind"], a["scope"]) for a in alerts if a["status"] == "firing"}
     assert firing == {("calibration_drift", "global"), ("calibration_drift", "segment:web"),
