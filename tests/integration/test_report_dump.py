@@ -6,6 +6,7 @@ the report built from the dump scores the feedback exactly as the one built from
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -127,7 +128,12 @@ async def test_dump_reads_what_was_committed_in_replay_layout(
         inp = load_directory(directory)
         scored = prequential_scores(inp.feedback, inp.records("calibrators"))
         tables.append(daily_table(inp.feedback, scored.calibrated))
-    assert tables[0] == tables[1]
+    # The same events and versions; the dump reads the partitions in another interleaving,
+    # so sums over a day may differ in the last bit (feedback with equal ts keep file order).
+    assert len(tables[0]) == len(tables[1])
+    for mine, theirs in zip(tables[0], tables[1], strict=True):
+        assert (mine.day_ms, mine.n, mine.positives) == (theirs.day_ms, theirs.n, theirs.positives)
+        assert dataclasses.astuple(mine) == pytest.approx(dataclasses.astuple(theirs), rel=1e-12)
     assert len(tables[0]) >= 1
 
 

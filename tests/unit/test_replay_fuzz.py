@@ -24,6 +24,7 @@ import base64
 import random
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -201,8 +202,8 @@ _seen_lines: list[int] = []
     n_future=st.integers(0, 5),
 )
 def _check_one_file(tmp_path: Path, seed: int, bad_share: float, n_future: int) -> None:
-    tmp = tmp_path / f"s{seed}"
-    tmp.mkdir()
+    # Its own directory per example: hypothesis may draw the same seed twice.
+    tmp = Path(tempfile.mkdtemp(prefix=f"s{seed}-", dir=tmp_path))
     body, clean, expect = make_file(seed, bad_share, n_future)
     summary, out = _replay(tmp, "fuzzed", body)
     clean_summary, clean_out = _replay(tmp, "clean", clean)
