@@ -98,10 +98,10 @@ async def test_client_on_a_real_worker_serves_what_replay_calibrators_jsonl_says
     """Issue 11 item 1: the versions a running ``recal worker`` publishes, read by
     ``subscribe``, give the same probabilities as replay's ``calibrators.jsonl`` on the same
     stream (one partition, where the worker publishes exactly what replay writes)."""
-    from tests.integration.test_worker_join import WorkerProcess, produce, topic_names
+    from tests.integration.test_worker_join import WorkerProcess
     from tests.integration.test_worker_outputs import (
         SCENARIO,
-        as_lines,
+        preload_one_partition,
         replay_outputs,
         worker_flags,
     )
@@ -113,13 +113,7 @@ async def test_client_on_a_real_worker_serves_what_replay_calibrators_jsonl_says
     want = from_file.versions()
     assert {k.split("|", 1)[1].split(":")[0] for k in want} >= {"global", "segment"}
 
-    prefix = unique_topic("recal") + "."
-    topics = topic_names(prefix)
-    await create_topics(
-        kafka_bootstrap,
-        [TopicSpec(topics["impressions"], 1), TopicSpec(topics["clicks"], 1)],
-    )
-    await produce(kafka_bootstrap, topics, as_lines(raws))
+    prefix, _topics = await preload_one_partition(kafka_bootstrap, unique_topic, raws)
     worker = WorkerProcess(worker_flags(kafka_bootstrap, prefix, unique_topic("app")),
                            tmp_path / "worker.log")
     client = CalibratorClient()

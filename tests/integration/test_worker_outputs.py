@@ -131,6 +131,20 @@ def as_lines(raws: list[bytes]) -> list[Line]:
     return out
 
 
+async def preload_one_partition(
+    bootstrap: str, unique_topic: Callable[[str], str], raws: list[bytes]
+) -> tuple[str, dict[str, str]]:
+    """A fresh topic prefix whose one-partition input topics hold ``raws`` (produced in
+    order); the prefix and every topic name under it."""
+    prefix = unique_topic("recal") + "."
+    topics = topic_names(prefix) | {s: f"{prefix}{s}" for s in OUTPUT_TOPICS}
+    await create_topics(
+        bootstrap, [TopicSpec(topics["impressions"], 1), TopicSpec(topics["clicks"], 1)]
+    )
+    await produce(bootstrap, topics, as_lines(raws))
+    return prefix, topics
+
+
 async def test_one_partition_publishes_what_replay_writes(
     kafka_bootstrap: str, unique_topic: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -139,13 +153,7 @@ async def test_one_partition_publishes_what_replay_writes(
     assert expected["calibrators"] and expected["alerts"], "the stream must refit and alert"
     assert {v["reason"] for v in expected["calibrators"]} >= {"bootstrap", "scheduled"}
 
-    prefix = unique_topic("recal") + "."
-    topics = topic_names(prefix) | {s: f"{prefix}{s}" for s in OUTPUT_TOPICS}
-    await create_topics(
-        kafka_bootstrap,
-        [TopicSpec(topics["impressions"], 1), TopicSpec(topics["clicks"], 1)],
-    )
-    await produce(kafka_bootstrap, topics, as_lines(raws))
+    prefix, topics = await preload_one_partition(kafka_bootstrap, unique_topic, raws)
     worker = WorkerProcess(worker_flags(kafka_bootstrap, prefix, unique_topic("app")),
                            tmp_path / "worker.log")
     n_feedback = len(expected["feedback"])
@@ -332,13 +340,7 @@ async def test_state_without_committed_offsets_resumes_from_the_state_offsets(
     state resumes its inputs from the state's positions: nothing is processed twice (no second
     feedback message, no posterior counting a label twice, no dead letter)."""
     raws = [event.raw for event in generate(SCENARIO)][:4_000]
-    prefix = unique_topic("recal") + "."
-    topics = topic_names(prefix) | {s: f"{prefix}{s}" for s in OUTPUT_TOPICS}
-    await create_topics(
-        kafka_bootstrap,
-        [TopicSpec(topics["impressions"], 1), TopicSpec(topics["clicks"], 1)],
-    )
-    await produce(kafka_bootstrap, topics, as_lines(raws))
+    prefix, topics = await preload_one_partition(kafka_bootstrap, unique_topic, raws)
     first = WorkerProcess(worker_flags(kafka_bootstrap, prefix, unique_topic("app")),
                           tmp_path / "first.log")
     async with TopicReader(kafka_bootstrap, topics) as out:
