@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from worker.core.codec.input_decoder import InputDecoder
@@ -201,6 +201,9 @@ _seen_lines: list[int] = []
     bad_share=st.floats(0.05, 0.6),
     n_future=st.integers(0, 5),
 )
+# Found by CI: the valid stream's last line is a click 633 s after every other event, more
+# than the clock guard's bound, with nothing after it to vote (it was dead-lettered).
+@example(seed=12707, bad_share=0.05, n_future=1)
 def _check_one_file(tmp_path: Path, seed: int, bad_share: float, n_future: int) -> None:
     # Its own directory per example: hypothesis may draw the same seed twice.
     tmp = Path(tempfile.mkdtemp(prefix=f"s{seed}-", dir=tmp_path))

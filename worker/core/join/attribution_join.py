@@ -99,8 +99,9 @@ class AttributionJoin:
       by a ``ClockGuard`` until ``clock_confirmations`` later events corroborate the jump
       (then it is applied, with any held event the jump brings within reach, and returned in
       ``released``) or as many refute it (returned in ``future`` with its ``ref``: a
-      ``future_ts`` dead letter). ``finish()`` returns the still undecided ones in
-      ``future``. None (the default) keeps the unguarded clock.
+      ``future_ts`` dead letter). An idle advance (``tick``) releases the held events it
+      brings within reach; ``finish()`` applies the still undecided ones in ts order (see
+      there). None (the default) keeps the unguarded clock.
     - ``finish()`` moves the watermark to +inf: every pending impression becomes a
       negative, every waiting click an orphan, and the tombstones are dropped, so no state
       is left. Events after ``finish()`` are late (impressions raise, clicks are orphans).
@@ -494,25 +495,45 @@ class AttributionJoin:
     # -- time ----------------------------------------------------------------------------
 
     def tick(self, wall_ms: int) -> JoinStep:
-        """Let the watermark follow wall time on an idle partition (the runtime's timer)."""
-        if self._clock.idle(wall_ms):
-            return self._advance(None)
-        return _EMPTY
+        """Let the watermark follow wall time on an idle partition (the runtime's timer).
+
+        Wall time corroborates a jump as well as later events do: held events the advanced
+        clock brings within reach are applied (``released``), before the next advance could
+        finalize their impressions without them."""
+        if not self._clock.idle(wall_ms):
+            return _EMPTY
+        step = self._advance(None)
+        if self._guard.held:
+            reached = self._guard.take_until(self._horizon)
+            if reached:
+                return self._settle(step, reached, [], wall_ms)
+        return step
 
     def finish(self) -> JoinStep:
         """End of input: watermark +inf; flushes every pending label and waiting click and
-        drops the tombstones, so no state is left. Events still held by the clock guard were
-        never confirmed: they come back in ``future``."""
-        rejected = self._guard.drain()
-        if rejected:
-            self._n_future += len(rejected)
-            self._guard_changes += 1
+        drops the tombstones, so no state is left.
+
+        Events still held by the clock guard are applied first, in ts order (arrival order
+        among equal ts), and come back in ``released``: no later event can vote on them, and
+        at the end the watermark goes to +inf for everyone anyway, so applied in ts order
+        none of them moves the clock past an event stamped before it. Rejecting them instead
+        would dead-letter a genuine last click that came after a quiet spell (found by the
+        replay fuzz test: a click 633 s after a stream's last event)."""
+        held = self._guard.drain()
+        first = JoinStep.EMPTY
+        if held:
+            held.sort(key=lambda pair: pair[0].ts)  # stable: arrival order among equal ts
+            first = self._settle(JoinStep.EMPTY, held, [], None)
         self._clock.finish()
         step = self._advance(None)
-        if not rejected:
+        if not first:
             return step
         return JoinStep(
-            step.feedback or None, step.orphans or None, step.late_clicks or None, rejected
+            [*first.feedback, *step.feedback] or None,
+            [*first.orphans, *step.orphans] or None,
+            [*first.late_clicks, *step.late_clicks] or None,
+            list(first.future) or None,
+            list(first.released) or None,
         )
 
     @property

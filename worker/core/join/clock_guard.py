@@ -115,7 +115,7 @@ class ClockGuard:
         return out
 
     def drain(self) -> list[tuple[Impression | Click, object]]:
-        """Remove and return every held event (end of input: never confirmed)."""
+        """Remove and return every held event, in arrival order."""
         out = [(h[_EVENT], h[_REF]) for h in self.held]
         self.held = []
         return out

@@ -90,8 +90,15 @@ def test_one_far_future_event_changes_no_valid_label(events: list[Event], data: 
     clean, clean_future = run(guarded(), events)
     dirty, dirty_future = run(guarded(), [*events[:at], far, *events[at:]])
     assert clean_future == []
-    assert dirty == clean
-    assert dirty_future == [at]
+    if len(events) - at >= K:
+        # K later events, all far behind it, refute it.
+        assert dirty == clean
+        assert dirty_future == [at]
+    else:
+        # Too few later events to decide: finish() applies it last (ts order), after
+        # every valid label has matured, so those are unchanged.
+        assert dirty_future == []
+        assert [fb for fb in dirty if fb[1] != "far"] == clean
     # On a dense stream the guard is invisible: the unguarded join gives the same labels.
     assert run(AttributionJoin(window_ms=W, allowed_lateness_ms=L), events)[0] == clean
 
@@ -122,7 +129,7 @@ def test_a_real_gap_still_matures_negatives(before: list[Event], after: list[Eve
 def test_deterministic_and_state_round_trip_keeps_held_events(events: list[Event]) -> None:
     top = max(e.ts for e in events)
     # Two events after the far one: fewer votes than K, so it is still held at the snapshot
-    # and finish() rejects it.
+    # and finish() applies it last.
     stream = [*events[:-2], imp("far", top + 10 * W, "u2"), *events[-2:]]
     cut = len(events) - 1  # just after the far event
     refs = [[k, f"payload-{k}"] for k in range(len(stream))]
@@ -147,7 +154,8 @@ def test_deterministic_and_state_round_trip_keeps_held_events(events: list[Event
     assert restored.to_dict() == state
     tail_fb, tail_future = run(restored, stream[cut:], refs[cut:])
     assert (head_fb + tail_fb, tail_future) == whole
-    assert tail_future == [refs[cut - 1]]
+    assert tail_future == []
+    assert tail_fb[-1] == ("u2", "far", 0, top + 10 * W + W)
 
 
 def test_held_event_is_released_with_the_jump_and_reported() -> None:
@@ -161,6 +169,59 @@ def test_held_event_is_released_with_the_jump_and_reported() -> None:
     step = j.add_click(click("b", later + 3))
     assert [e.ts for e in step.released] == [later, later + 1, later + 2, later + 3]
     assert [(f.impression.impression_id, f.label) for f in step.feedback] == [("a", 0), ("b", 1)]
+    check_counters(j)
+
+
+def test_a_last_click_after_a_quiet_spell_is_applied_not_dead_lettered() -> None:
+    # The replay fuzz test's case: a stream's last event, a click stamped more than the
+    # bound after everything else, with nothing after it to vote.
+    j = guarded()
+    j.add_impression(imp("a", T0), ref="ra")
+    j.add_impression(imp("b", T0 + 1_000), ref="rb")
+    late = T0 + 2 * W
+    assert not j.add_click(click("b", late), ref="cb")
+    assert j.stats.held_events == 1
+    step = j.finish()
+    assert step.future == [] and [e.ts for e in step.released] == [late]
+    # Outside b's window (W): a late click, not an orphan or a future_ts letter.
+    assert [c.ts for c in step.late_clicks] == [late]
+    assert [(f.impression.impression_id, f.label) for f in step.feedback] == [("a", 0), ("b", 0)]
+    assert j.stats.held_events == 0
+    check_counters(j)
+
+
+def test_finish_applies_held_events_in_ts_order() -> None:
+    # Two undecided events: the later-stamped one arrived first. In ts order the earlier
+    # one is applied before the clock passes it, so its impression is not late.
+    j = guarded()
+    j.add_impression(imp("a", T0))
+    j.add_impression(imp("far", T0 + 100 * W), ref="r1")
+    j.add_impression(imp("near", T0 + 3 * W), ref="r2")
+    assert j.stats.held_events == 2
+    step = j.finish()
+    assert step.future == []
+    assert [e.impression_id for e in step.released] == ["near", "far"]  # type: ignore[union-attr]
+    assert [f.impression.impression_id for f in step.feedback] == ["a", "near", "far"]
+    check_counters(j)
+
+
+def test_an_idle_advance_releases_what_it_brings_within_reach() -> None:
+    j = AttributionJoin(
+        window_ms=W, allowed_lateness_ms=L, idle_timeout_ms=1_000, max_clock_jump_ms=W,
+        clock_confirmations=K,
+    )
+    j.add_impression(imp("a", T0), wall_ms=T0)
+    ahead = T0 + 3 * W
+    assert not j.add_impression(imp("b", ahead), wall_ms=T0 + 10, ref="rb")
+    assert j.stats.held_events == 1
+    # Wall time reaches the held event: the idle advance confirms it, before any later
+    # advance could finalize it without its clicks.
+    step = j.tick(ahead + 1_000 + L)
+    assert [e.ts for e in step.released] == [ahead]
+    assert j.stats.held_events == 0 and step.future == []
+    assert [(f.impression.impression_id, f.label) for f in step.feedback] == [("a", 0)]
+    clicked = j.add_click(click("b", ahead + 10), wall_ms=ahead + 1_100 + L).feedback
+    assert [(f.impression.impression_id, f.label) for f in clicked] == [("b", 1)]
     check_counters(j)
 
 
