@@ -56,7 +56,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.core.errors import ConfigError, InvalidInputError, RecalError
-from worker.runtime.topics import TopicNames
+from worker.runtime.topics import TopicNames, output_consumer
 
 log = logging.getLogger(__name__)
 
@@ -404,17 +404,8 @@ class OutputReader:
                       if msg.get("status") == "firing")
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer
-
-        t = self.topics
-        self._consumer = AIOKafkaConsumer(
-            t.feedback, t.dlq, t.calibrators, t.alerts, t.posteriors,
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            client_id="recal-demo-reader",
+        self._consumer = output_consumer(
+            self.bootstrap, "recal-demo-reader", *self.topics.outputs()
         )
         await self._consumer.start()
 

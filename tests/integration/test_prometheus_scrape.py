@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from tests.integration.test_worker_join import WorkerProcess, produce, topic_names
-from tests.integration.test_worker_outputs import OUTPUT_TOPICS, as_lines, worker_flags
+from tests.integration.test_worker_outputs import as_lines, worker_flags
 from worker.localkafka import TopicSpec, create_topics
+from worker.runtime.topics import OUTPUT_TOPICS
 from worker.sim.scenario import Scenario
 from worker.sim.streamrec import generate
 

@@ -28,6 +28,7 @@ from tests.integration.test_worker_join import (
 )
 from worker.localkafka import TopicSpec, create_topics
 from worker.replay import run_replay
+from worker.runtime.topics import OUTPUT_TOPICS, output_consumer
 from worker.settings import Settings
 from worker.sim.scenario import Scenario
 from worker.sim.streamrec import generate
@@ -43,7 +44,6 @@ SCENARIO = Scenario(
     drift_at_event=5_000, drift_temperature=2.0, attribution_window_ms=WINDOW_S * 1000,
 )
 KNOBS = {"recalibrate_every": 300, "monitor_check_every": 100}
-OUTPUT_TOPICS = ("feedback", "calibrators", "alerts", "posteriors", "dlq")
 
 
 class TopicReader:
@@ -58,12 +58,8 @@ class TopicReader:
         self._consumer: Any = None
 
     async def __aenter__(self) -> TopicReader:
-        from aiokafka import AIOKafkaConsumer
-
-        self._consumer = AIOKafkaConsumer(
-            *self.by_name, bootstrap_servers=self.bootstrap, group_id=None,
-            auto_offset_reset="earliest", enable_auto_commit=False,
-            isolation_level="read_committed", max_partition_fetch_bytes=4 << 20,
+        self._consumer = output_consumer(
+            self.bootstrap, "recal-test-reader", *self.by_name, max_partition_fetch_bytes=4 << 20
         )
         await self._consumer.start()
         return self
@@ -114,7 +110,7 @@ def replay_outputs(lines: list[bytes], tmp_path: Path) -> dict[str, list[dict[st
     run_replay(events, out_dir, settings.pipeline_config())
     return {
         name: [orjson.loads(raw) for raw in (out_dir / f"{name}.jsonl").read_bytes().splitlines()]
-        for name in ("feedback", "calibrators", "alerts", "posteriors", "dlq")
+        for name in OUTPUT_TOPICS
     }
 
 

@@ -20,12 +20,18 @@ from typing import IO, Any
 import orjson
 
 from worker.core.errors import ConfigError
-from worker.runtime.topics import BrokerUnavailableError, TopicNames, start_client
+from worker.runtime.topics import (
+    OUTPUT_TOPICS,
+    BrokerUnavailableError,
+    TopicNames,
+    output_consumer,
+    start_client,
+)
 
 log = logging.getLogger(__name__)
 
 #: The output topics dumped, by short name (each to ``<short>.jsonl``).
-DUMPED = ("feedback", "calibrators", "alerts", "posteriors", "dlq")
+DUMPED = OUTPUT_TOPICS
 _POLL_MS = 200
 _MAX_RECORDS = 20_000
 
@@ -52,16 +58,13 @@ def dump_topics(
 async def _dump(
     bootstrap: str, prefix: str, out_dir: Path, timeout_s: float, options: dict[str, Any]
 ) -> Path:
-    from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
     names = TopicNames.from_prefix(prefix)
-    topics = {getattr(names, short): short for short in DUMPED}
+    topics = names.outputs()
     deadline = time.monotonic() + timeout_s
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-        auto_offset_reset="earliest", isolation_level="read_committed",
-        client_id="recal-report-dump", request_timeout_ms=max(int(timeout_s * 1000), 1000),
+    consumer = output_consumer(
+        bootstrap, "recal-report-dump", request_timeout_ms=max(int(timeout_s * 1000), 1000),
         **options,
     )
     await start_client(consumer, consumer.stop, f"{bootstrap} to dump the output topics",

@@ -40,6 +40,8 @@ INPUT_SOURCES = ("impressions", "clicks")
 ALL_TOPICS = (
     "impressions", "clicks", "feedback", "dlq", "calibrators", "alerts", "posteriors", "state"
 )
+#: The topics the worker writes for others (downstream consumers, the report, the demo).
+OUTPUT_TOPICS = ("feedback", "calibrators", "alerts", "posteriors", "dlq")
 MAX_REPLICATION = 3
 
 
@@ -91,6 +93,14 @@ class TopicNames:
 
     def input_topic(self, source: str) -> str:
         return self.impressions if source == "impressions" else self.clicks
+
+    def outputs(self) -> dict[str, str]:
+        """Full name -> short name of every output topic, in ``OUTPUT_TOPICS`` order.
+
+        >>> list(TopicNames.from_prefix("x.").outputs().values()) == list(OUTPUT_TOPICS)
+        True
+        """
+        return {getattr(self, short): short for short in OUTPUT_TOPICS}
 
 
 #: Topics whose consumers want the latest record per key (DESIGN §3): log compaction.
@@ -191,6 +201,23 @@ async def start_client(
         raise BrokerUnavailableError(
             f"cannot reach Kafka at {where}: {type(exc).__name__}: {exc}"
         ) from None
+
+
+def output_consumer(
+    bootstrap_servers: str, client_id: str, *topics: str, **options: Any
+) -> Any:
+    """An aiokafka consumer that reads output topics as a downstream consumer sees them:
+    ``read_committed`` (the worker writes in transactions, an aborted one must not show),
+    from the beginning, with no consumer group and nothing committed. ``topics`` may be
+    empty (subscribe later); ``options`` go to aiokafka (e.g. security, fetch sizes).
+    Not started: pass it to ``start_client``."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap_servers, client_id=client_id, group_id=None,
+        auto_offset_reset="earliest", enable_auto_commit=False,
+        isolation_level="read_committed", **options,
+    )
 
 
 async def ensure_topics(
