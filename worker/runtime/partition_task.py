@@ -11,8 +11,8 @@ Order of work: the two input topics are aligned in event time per partition
 (``EventTimeMerger``), the released messages become one ``InputBatch`` (decoder rejections
 included, so dead letters keep input order) and go through the partition's ``Pipeline``;
 its ``Outputs`` become Kafka messages here, in the same encoding as ``recal replay``'s files
-(one owner: ``OutputEncoder``-free ``orjson.dumps`` of the same dicts), so the two runtimes
-publish the same bytes.
+(``orjson.dumps`` of the same dicts, copied to exact size by ``dumps_sized`` because a
+transaction keeps them until it commits), so the two runtimes publish the same bytes.
 
 Offsets: a message is committed once it has been processed — the offset committed for an
 input topic-partition is one past the last message the pipeline took, never one still
@@ -26,9 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from worker.core.codec.input_decoder import InputDecoder
+from worker.core.codec.output_encoder import dumps_sized
 from worker.core.errors import InvalidInputError
 from worker.core.pipeline import InputBatch, Outputs, Pipeline, PipelineConfig
 from worker.core.records.click import Click
@@ -94,6 +93,7 @@ class Transaction:
 class PartitionTask:
     """One partition's merger, pipeline and pending transaction (see the module doc).
 
+    >>> import orjson
     >>> from worker.core.pipeline import PipelineConfig
     >>> names = TopicNames.from_prefix("t.")
     >>> task = PartitionTask(0, Pipeline(PipelineConfig(window_ms=1_000,
@@ -255,14 +255,14 @@ class PartitionTask:
             txn.state.append(
                 OutMessage(
                     names.state, key.encode("utf-8"),
-                    None if record is None else orjson.dumps(record), self.partition,
+                    None if record is None else dumps_sized(record), self.partition,
                 )
             )
         pipe.mark_persisted()
         if txn.offsets:
             keys.add(POSITIONS_KEY)
             txn.state.append(OutMessage(names.state, POSITIONS_KEY.encode("utf-8"),
-                                        orjson.dumps(self.next_offsets), self.partition))
+                                        dumps_sized(self.next_offsets), self.partition))
         return txn
 
     def drain_posteriors(self) -> None:
@@ -308,7 +308,7 @@ class PartitionTask:
         txn = self._txn
         messages = txn.messages
         counts = txn.outputs
-        dumps = orjson.dumps
+        dumps = dumps_sized
         partition = self.partition
         for fb in out.feedback:
             messages.append(

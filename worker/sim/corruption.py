@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
+
+from worker.core.codec.output_encoder import dumps_sized
 
 #: Inputs larger than this many bytes are rejected with ``too_large`` (64 KiB).
 TOO_LARGE_BYTES = 65_536
@@ -89,8 +90,7 @@ def _score_only(obj: dict[str, Any], score: Any) -> dict[str, Any]:
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
-    # Right-sized copy: orjson's output keeps an over-allocated buffer (see streamrec._encode).
-    return bytes(memoryview(orjson.dumps(obj)))
+    return dumps_sized(obj)  # the line is kept with the stream
 
 
 def make_malformed(kind: str, template: dict[str, Any], rng: np.random.Generator) -> MalformedLine:
