@@ -63,6 +63,7 @@ sys.path.insert(0, str(REPO))
 from bench._common import machine_line, run_on_broker  # noqa: E402
 from worker.core.codec.input_decoder import InputDecoder  # noqa: E402
 from worker.localkafka import TopicSpec, create_topics  # noqa: E402
+from worker.runtime.topics import committed_consumer  # noqa: E402
 from worker.sim.kafka_sink import FLUSH_PER_PARTITION, flush_impressions  # noqa: E402
 from worker.sim.scenario import Scenario  # noqa: E402
 from worker.sim.streamrec import generate  # noqa: E402
@@ -472,12 +473,10 @@ def rates(samples: list[Sample], total: int, fill: int) -> dict[str, Any]:
 
 async def count_committed(bootstrap: str, topic: str, partitions: int) -> int:
     """Committed messages in ``topic`` (read_committed, to the last stable offset)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     tps = [TopicPartition(topic, p) for p in range(partitions)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, isolation_level="read_committed",
-                                auto_offset_reset="earliest")
+    consumer = committed_consumer(bootstrap, "recal-bench-reader")
     await consumer.start()
     n = 0
     try:
@@ -497,12 +496,10 @@ async def count_committed(bootstrap: str, topic: str, partitions: int) -> int:
 
 async def dlq_reasons(bootstrap: str, topic: str, partitions: int) -> dict[str, int]:
     """Dead letters by reason (the topic is expected to be empty; read only when not)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     tps = [TopicPartition(topic, p) for p in range(partitions)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, isolation_level="read_committed",
-                                auto_offset_reset="earliest")
+    consumer = committed_consumer(bootstrap, "recal-bench-reader")
     await consumer.start()
     reasons: dict[str, int] = {}
     try:

@@ -49,6 +49,7 @@ from bench.kafka_worker_throughput import (  # noqa: E402
     scenario_for,
 )
 from worker.localkafka import TopicSpec, create_topics  # noqa: E402
+from worker.runtime.topics import committed_consumer  # noqa: E402
 from worker.sim.scenario import Scenario  # noqa: E402
 from worker.sim.streamrec import generate  # noqa: E402
 
@@ -71,10 +72,9 @@ def worker_flags(bootstrap: str, prefix: str, app_id: str, partitions: int,
 
 async def state_size(bootstrap: str, topic: str, partitions: int) -> dict[str, Any]:
     """Latest record per key of the changelog: bytes (key + value) by record kind, users."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                isolation_level="read_committed", enable_auto_commit=False)
+    consumer = committed_consumer(bootstrap, "recal-bench-state")
     await consumer.start()
     latest: dict[tuple[int, bytes], int] = {}
     try:
@@ -129,11 +129,7 @@ class FeedbackWatch:
         self.count = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        from aiokafka import AIOKafkaConsumer
-
-        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False,
-                                    isolation_level="read_committed")
+        consumer = committed_consumer(self.bootstrap, "recal-bench-latency", self.topic)
         await consumer.start()
         try:
             while not stop.is_set():

@@ -56,7 +56,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.core.errors import ConfigError, InvalidInputError, RecalError
-from worker.runtime.topics import TopicNames, output_consumer
+from worker.runtime.topics import TopicNames, committed_consumer
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ class OutputReader:
                       if msg.get("status") == "firing")
 
     async def start(self) -> None:
-        self._consumer = output_consumer(
+        self._consumer = committed_consumer(
             self.bootstrap, "recal-demo-reader", *self.topics.outputs()
         )
         await self._consumer.start()

@@ -46,6 +46,7 @@ from tests.integration.test_worker_join import (
     worker_args,
 )
 from worker.localkafka import LocalKafka, TopicSpec, create_topics
+from worker.runtime.topics import committed_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -75,12 +76,8 @@ class TopicLog:
         self._consumer: Any = None
 
     async def __aenter__(self) -> TopicLog:
-        from aiokafka import AIOKafkaConsumer
-
-        self._consumer = AIOKafkaConsumer(
-            *self.full.values(), bootstrap_servers=self.bootstrap, group_id=None,
-            auto_offset_reset="earliest", enable_auto_commit=False,
-            isolation_level="read_committed", metadata_max_age_ms=2_000,
+        self._consumer = committed_consumer(
+            self.bootstrap, "recal-test-chaos", *self.full.values(), metadata_max_age_ms=2_000
         )
         await self._consumer.start()
         return self

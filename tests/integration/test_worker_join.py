@@ -40,6 +40,7 @@ from worker.core.codec.input_decoder import InputDecoder
 from worker.core.pipeline import PipelineConfig
 from worker.localkafka import TopicSpec, create_topics
 from worker.replay import Replay
+from worker.runtime.topics import committed_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -315,13 +316,7 @@ class Outputs:
         self._consumer: Any = None
 
     async def __aenter__(self) -> Outputs:
-        from aiokafka import AIOKafkaConsumer
-
-        self._consumer = AIOKafkaConsumer(
-            *self.topics, bootstrap_servers=self.bootstrap, group_id=None,
-            auto_offset_reset="earliest", enable_auto_commit=False,
-            isolation_level="read_committed",
-        )
+        self._consumer = committed_consumer(self.bootstrap, "recal-test-outputs", *self.topics)
         await self._consumer.start()
         return self
 

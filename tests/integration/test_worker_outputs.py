@@ -28,7 +28,7 @@ from tests.integration.test_worker_join import (
 )
 from worker.localkafka import TopicSpec, create_topics
 from worker.replay import run_replay
-from worker.runtime.topics import OUTPUT_TOPICS, output_consumer
+from worker.runtime.topics import OUTPUT_TOPICS, committed_consumer
 from worker.settings import Settings
 from worker.sim.scenario import Scenario
 from worker.sim.streamrec import generate
@@ -58,7 +58,7 @@ class TopicReader:
         self._consumer: Any = None
 
     async def __aenter__(self) -> TopicReader:
-        self._consumer = output_consumer(
+        self._consumer = committed_consumer(
             self.bootstrap, "recal-test-reader", *self.by_name, max_partition_fetch_bytes=4 << 20
         )
         await self._consumer.start()
@@ -310,12 +310,7 @@ async def test_the_changelog_is_read_from_its_beginning_every_time(
     again = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
     await again.start()
     await again.stop()
-    from aiokafka import AIOKafkaConsumer
-
-    worker._restorer = AIOKafkaConsumer(
-        bootstrap_servers=kafka_bootstrap, group_id=None, enable_auto_commit=False,
-        auto_offset_reset="earliest", isolation_level="read_committed",
-    )
+    worker._restorer = committed_consumer(kafka_bootstrap, "recal-test-restore")
     await worker._restorer.start()
     try:
         for _ in range(5):

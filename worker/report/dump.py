@@ -24,7 +24,7 @@ from worker.runtime.topics import (
     OUTPUT_TOPICS,
     BrokerUnavailableError,
     TopicNames,
-    output_consumer,
+    committed_consumer,
     start_client,
 )
 
@@ -63,7 +63,7 @@ async def _dump(
     names = TopicNames.from_prefix(prefix)
     topics = names.outputs()
     deadline = time.monotonic() + timeout_s
-    consumer = output_consumer(
+    consumer = committed_consumer(
         bootstrap, "recal-report-dump", request_timeout_ms=max(int(timeout_s * 1000), 1000),
         **options,
     )

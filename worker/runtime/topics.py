@@ -203,14 +203,15 @@ async def start_client(
         ) from None
 
 
-def output_consumer(
+def committed_consumer(
     bootstrap_servers: str, client_id: str, *topics: str, **options: Any
 ) -> Any:
-    """An aiokafka consumer that reads output topics as a downstream consumer sees them:
+    """An aiokafka consumer that reads topics as a downstream consumer sees them:
     ``read_committed`` (the worker writes in transactions, an aborted one must not show),
-    from the beginning, with no consumer group and nothing committed. ``topics`` may be
-    empty (subscribe later); ``options`` go to aiokafka (e.g. security, fetch sizes).
-    Not started: pass it to ``start_client``."""
+    from the beginning, with no consumer group and nothing committed (the output topics,
+    the report's dump, the tests' and benchmarks' readers). ``topics`` may be empty
+    (subscribe or assign later); ``options`` go to aiokafka (e.g. security, fetch sizes).
+    Not started: start it (``start_client`` bounds the wait)."""
     from aiokafka import AIOKafkaConsumer
 
     return AIOKafkaConsumer(
