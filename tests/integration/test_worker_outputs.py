@@ -437,3 +437,76 @@ async def test_an_input_whose_processing_raises_is_dead_lettered_and_the_rest_fl
         n for n, line in enumerate(x for x in lines if x.source == "impressions")
         if line.obj is not None and line.obj["impression_id"] == "imp-boom")
     assert worker.metrics.processing_failures._value.get() >= 2
+
+
+async def test_a_step_longer_than_the_session_timeout_keeps_the_partition(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A step can legitimately take long: a watermark jump matures a whole backlog at once
+    (195k labels in one step on the 200k-impression bench, where a loaded machine lost the
+    partition to a rebalance mid-run). Steps run in a thread, so the member keeps
+    heartbeating: a step blocked for longer than the session timeout (here 8 s against
+    6 s, the broker's minimum) costs no rebalance, and every label comes out once."""
+    import threading
+
+    from worker.core.pipeline import Pipeline
+    from worker.core.records.impression import Impression
+    from worker.runtime.group_worker import GroupWorker
+    from worker.runtime.topics import TopicNames, ensure_topics
+
+    original = Pipeline.process
+    slowed: list[str] = []
+
+    def process(self: Pipeline, batch: Any) -> Any:
+        for event in batch.events:
+            if isinstance(event, Impression) and event.impression_id == "imp-slow" and not slowed:
+                slowed.append(threading.current_thread().name)
+                time.sleep(8.0)  # blocks its thread, as a long CPU-bound step would
+        return original(self, batch)
+
+    monkeypatch.setattr(Pipeline, "process", process)
+    prefix = unique_topic("recal") + "."
+    settings = Settings.load(env={}, overrides={
+        "bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix,
+        "app_id": unique_topic("app"), "partitions": 1, "attribution_window_s": 60,
+        "allowed_lateness_s": 0, "session_timeout_s": 6})
+    plan = await ensure_topics(settings, TopicNames.from_settings(settings))
+    worker = GroupWorker(settings, plan)
+    t0 = 1_767_225_600_000
+    lines = []
+    for i in range(40):
+        imp_id = "imp-slow" if i == 20 else f"imp-{i}"
+        obj = {"impression_id": imp_id, "user_id": f"u{i % 5}", "item_id": "x",
+               "ts": t0 + i * 1_000, "score": 0.3}
+        lines.append(Line("impressions", obj["user_id"].encode(), orjson.dumps(obj), obj))
+    for n in range(4):  # past every deadline; the clock guard confirms the jump
+        flush = {"impression_id": f"imp-flush-{n}", "user_id": "u0", "item_id": "x",
+                 "ts": t0 + 500_000 + n, "score": 0.3}
+        lines.append(Line("impressions", b"u0", orjson.dumps(flush), flush))
+    topics = {s: f"{prefix}{s}" for s in ("impressions", "clicks", *OUTPUT_TOPICS)}
+    running = asyncio.ensure_future(worker.run())
+    try:
+        async with TopicReader(kafka_bootstrap, topics) as out:
+            # Assigned first, so the slow step is not confused with the initial join.
+            deadline = time.monotonic() + 60
+            while worker.metrics.rebalances._value.get() < 1:
+                assert not running.done(), running.exception()
+                assert time.monotonic() < deadline, "never assigned"
+                await asyncio.sleep(0.2)
+            await produce(kafka_bootstrap, topics, lines)
+            deadline = time.monotonic() + 90
+            while len(out.records["feedback"]) < 40:
+                assert not running.done(), running.exception()
+                assert time.monotonic() < deadline, {k: len(v) for k, v in out.records.items()}
+                await out.poll()
+            # Longer than a session timeout after the slow step: an eviction would show.
+            await asyncio.sleep(7.0)
+            for _ in range(5):
+                await out.poll()
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 30)
+    ids = [fb["impression_id"] for fb in out.values("feedback")]
+    assert sorted(ids) == sorted(["imp-slow", *(f"imp-{i}" for i in range(40) if i != 20)])
+    assert worker.metrics.rebalances._value.get() == 1, "the slow step cost the partition"
+    assert slowed and slowed[0] != threading.main_thread().name

@@ -4,7 +4,9 @@ The loop: ``getmany`` batches from the two input topics, each partition's ``Part
 (event-time alignment, the ``Pipeline``), and every ``commit_interval_ms`` one Kafka
 transaction per partition holding its output messages, its changed state records (the
 compacted ``state`` topic, partition p) and its input offsets
-(``send_offsets_to_transaction``). Everything read back — inputs, the state at restore — is
+(``send_offsets_to_transaction``). Each step runs in a worker thread while the event loop
+goes on heartbeating (a step that matures a large backlog can outlast the session timeout).
+Everything read back — inputs, the state at restore — is
 read ``read_committed``. A crash, a fencing or a failed step therefore means "start again
 from the last committed transaction": nothing lost, nothing twice.
 
@@ -70,6 +72,9 @@ log = logging.getLogger(__name__)
 MAX_COMMIT_FAILURES = 5
 #: Largest number of records one ``getmany`` returns (bounds one step's work and latency).
 MAX_POLL_RECORDS = 20_000
+#: aiokafka's ``max_poll_interval_ms`` (its default, set explicitly): a step longer than
+#: this makes the member leave the group, so liveness fails past it.
+MAX_POLL_INTERVAL_S = 300.0
 
 
 def now_ms() -> int:
@@ -116,6 +121,8 @@ class GroupWorker:
         self._assigned = False
         self._crashed: str | None = None
         self._last_loop = time.monotonic()
+        # When the step running in its thread began (None: none running).
+        self._step_started: float | None = None
         self._next_commit = 0.0
         self._next_posteriors = 0.0
         self._next_metrics = 0.0
@@ -143,7 +150,15 @@ class GroupWorker:
         (a stuck consumer: the orchestrator should restart the process)."""
         if self._crashed is not None:
             return False, f"crashed: {self._crashed}"
-        stalled = time.monotonic() - self._last_loop
+        now = time.monotonic()
+        stalled = now - self._last_loop
+        if self._step_started is not None:
+            # A long step (a watermark jump maturing a large backlog) is work, not a stall,
+            # up to aiokafka's max poll interval: past it the member leaves the group anyway.
+            busy = now - self._step_started
+            if busy > MAX_POLL_INTERVAL_S:
+                return False, f"one processing step has run for {busy:.0f}s"
+            return True, f"processing a step for {busy:.0f}s"
         if stalled > max(30.0, self.settings.session_timeout_s):
             return False, f"consumer loop stalled for {stalled:.0f}s"
         return True, "ok"
@@ -170,6 +185,7 @@ class GroupWorker:
             partition_assignment_strategy=(RangePartitionAssignor,),
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000),
+            max_poll_interval_ms=int(MAX_POLL_INTERVAL_S * 1000),
             request_timeout_ms=int(max(40.0, s.session_timeout_s + 10) * 1000),
             max_partition_fetch_bytes=max(1 << 20, s.max_message_bytes * 4),
             fetch_max_bytes=64 << 20,
@@ -252,7 +268,16 @@ class GroupWorker:
         careful = self._careful.get(partition)
         try:
             if careful is None:
-                task.step(wall, backlog, idle=idle)
+                # In a worker thread, so the event loop keeps running meanwhile: aiokafka's
+                # heartbeats (a step that matures a large backlog at once can take longer
+                # than the session timeout, and cost the member its partitions), fetches and
+                # the web endpoints. Only this step touches the partition's state: the loop
+                # awaits it under the lock, and a revoke waits for that lock.
+                self._step_started = time.monotonic()
+                try:
+                    await asyncio.to_thread(task.step, wall, backlog, idle=idle)
+                finally:
+                    self._step_started = None
             else:
                 task.process_one_by_one(wall, backlog)
                 done = task.pending_offsets()
