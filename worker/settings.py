@@ -213,7 +213,7 @@ class Settings:
         _context_fields, replay=True, group="join",
     )
     session_timeout_s: float = _setting(
-        30.0,
+        10.0,
         "Kafka consumer-group session timeout in seconds, in [6, 1800] (the broker's default "
         "group.min/max.session.timeout.ms); heartbeats every third of it. A worker silent "
         "this long (dead, or its event loop stalled) loses its partitions to a rebalance",

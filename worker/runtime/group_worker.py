@@ -401,7 +401,9 @@ class GroupWorker:
         from aiokafka.errors import KafkaError, ProducerFenced
 
         task = self._tasks[partition]
-        txn = task.take_transaction()
+        # In a thread like a step (exporting the changed state can take seconds after a
+        # large step), so heartbeats go on; the lock keeps the task to this thread.
+        txn = await asyncio.to_thread(task.take_transaction)
         if not txn:
             return
         producer = self._producers[partition]
@@ -542,7 +544,9 @@ class GroupWorker:
         started = time.monotonic()
         self._tasks.pop(partition, None)
         records = await self._read_changelog(partition)
-        task = PartitionTask.from_records(
+        # Rebuilding a large state is CPU work: in a thread, so heartbeats go on.
+        task = await asyncio.to_thread(
+            PartitionTask.from_records,
             partition, records, self.names, self._decoder, self._config,
             merge_max_wait_ms=self.settings.merge_max_wait_ms,
             merge_max_backlog_wait_ms=self.settings.merge_max_backlog_wait_ms,
