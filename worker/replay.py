@@ -211,7 +211,8 @@ class _Outputs:
         }
 
     def write(self, name: str, obj: dict[str, Any]) -> None:
-        self._files[name].write(orjson.dumps(obj) + b"\n")
+        # orjson appends the newline itself: no second bytes object per output line.
+        self._files[name].write(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
 
     def close(self) -> None:
         for handle in self._files.values():
