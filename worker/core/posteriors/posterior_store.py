@@ -320,7 +320,11 @@ class PosteriorStore:
         c = self._segment_strength
         if counts is None:
             return parent
-        s, f = counts.counts_at(ts)
+        if self._half_life is None:
+            # ``counts_at`` without discounting, read directly (three reads per new user).
+            s, f = counts._successes, counts._failures
+        else:
+            s, f = counts.counts_at(ts)
         m = (s + c * parent) / (s + f + c)
         # min(max(m, floor), 1 - floor) as comparisons: the builtins cost ~0.5 µs a call on
         # this interpreter (no vectorcall for min/max before 3.13), and a new user needs
