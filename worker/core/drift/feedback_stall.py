@@ -128,24 +128,13 @@ class FeedbackStall:
     def count_impression(self, expected_click: float, ts: int) -> None:
         """``observe_impressions(1, expected_click, ts)`` for values the caller computed
         from validated input (the feedback stage, once per impression and label)."""
-        # ``_bucket`` inlined for a time inside the buckets seen so far (nothing to prune):
-        # this runs for every impression and every label.
-        k = ts // self._bucket_ms
-        newest = self._max_bucket
-        bucket = None if newest is None or k > newest else self._buckets.get(k)
-        if bucket is None:
-            bucket = self._bucket(ts)
+        bucket = self._bucket(ts)
         bucket[0] += 1
         bucket[1] += float(expected_click)
 
     def count_click(self, ts: int) -> None:
         """``observe_clicks(1, ts)`` for a validated event time."""
-        k = ts // self._bucket_ms
-        newest = self._max_bucket
-        bucket = None if newest is None or k > newest else self._buckets.get(k)
-        if bucket is None:
-            bucket = self._bucket(ts)
-        bucket[2] += 1
+        self._bucket(ts)[2] += 1
 
     def observe_clicks(self, n: int, ts: int) -> None:
         """``n`` clicks arrived at event time ``ts``."""
