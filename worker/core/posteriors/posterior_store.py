@@ -413,8 +413,8 @@ class PosteriorStore:
         uid, seg, y, ts = user_id, segment, label, event_ts
         tick = self._ticks
         self._ticks = tick + 1
-        # Without discounting (the default) the six counts of an event are bumped here,
-        # inline: ``BetaPosterior.count`` with weight 1 (same floats), without six calls.
+        # Without discounting (the default) the six counts of an event go through ``_bump``:
+        # ``BetaPosterior.count``'s arithmetic for weight 1 (the same floats), no method call.
         plain = self._half_life is None
         # Priors are taken before this event enters the rates: the user's own event must not
         # also be counted as prior evidence.
