@@ -50,6 +50,10 @@ RULES: list[tuple[str, str, str | None]] = [
 
 
 def classify(stack: str) -> str:
+    if "importlib._bootstrap" in stack:
+        # A module import (start-up, or a lazy import such as sklearn's at the first
+        # isotonic fit): a one-off cost, not the stage whose module was being imported.
+        return "other (start-up, imports)"
     frames = stack.split(";")
     for frame in reversed(frames):
         name, _, where = frame.partition(" (")

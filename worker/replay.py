@@ -119,6 +119,7 @@ class Replay:
         self._decoder = InputDecoder(
             max_message_bytes=max_message_bytes, context_fields=config.context_fields
         )
+        self._decode = self._decoder.decode_replay_line
         self._pipeline = Pipeline(config)
         self._chunk = max(1, int(chunk_lines))
         self._batch = InputBatch()
@@ -129,20 +130,22 @@ class Replay:
         return self._pipeline
 
     def process_line(self, raw: bytes, line_no: int) -> None:
-        self.summary.lines += 1
+        summary = self.summary
+        summary.lines += 1
         batch = self._batch
         try:
-            event = self._decoder.decode_replay_line(raw)
+            event = self._decode(raw)
         except InvalidInputError as exc:
             batch.add_rejected((line_no, raw), _key_of(raw), exc.reason, str(exc))
         else:
             if isinstance(event, Impression):
-                self.summary.impressions += 1
+                summary.impressions += 1
                 batch.add_impression(event, (line_no, raw))
             else:
-                self.summary.clicks += 1
+                summary.clicks += 1
                 batch.add_click(event, (line_no, raw))
-        if len(batch) >= self._chunk:
+        # ``len(batch.kinds)``, not ``len(batch)``: no Python-level __len__ call per line.
+        if len(batch.kinds) >= self._chunk:
             self.flush()
 
     def flush(self) -> None:
@@ -211,7 +214,8 @@ class _Outputs:
         }
 
     def write(self, name: str, obj: dict[str, Any]) -> None:
-        self._files[name].write(orjson.dumps(obj) + b"\n")
+        # orjson appends the newline itself: no second bytes object per output line.
+        self._files[name].write(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
 
     def close(self) -> None:
         for handle in self._files.values():

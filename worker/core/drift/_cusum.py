@@ -251,6 +251,86 @@ class CusumBank:
             return True
         return False
 
+    def step4(self, inc0: float, inc1: float, inc2: float, inc3: float) -> bool:
+        """``step((inc0, inc1, inc2, inc3))`` for a bank of four, unrolled (the same
+        arithmetic in the same order, so the same floats and the same alarm): the
+        score-shift detector runs it for every impression of every scope."""
+        s = self.s
+        cum = self.cum
+        cum_min = self.cum_min
+        mx = self.max_log_lr
+        peak = self.peak
+        # The first strict maximum above 0.0, as in step().
+        top = 0.0
+        best = -1
+        v = s[0] + inc0
+        if v < 0.0:
+            v = 0.0
+        s[0] = v
+        if v > top:
+            top = v
+            best = 0
+        c = cum[0] + inc0
+        cum[0] = c
+        if c > mx:
+            mx = c
+        if c < cum_min[0]:
+            cum_min[0] = c
+        elif c - cum_min[0] > peak:
+            peak = c - cum_min[0]
+        v = s[1] + inc1
+        if v < 0.0:
+            v = 0.0
+        s[1] = v
+        if v > top:
+            top = v
+            best = 1
+        c = cum[1] + inc1
+        cum[1] = c
+        if c > mx:
+            mx = c
+        if c < cum_min[1]:
+            cum_min[1] = c
+        elif c - cum_min[1] > peak:
+            peak = c - cum_min[1]
+        v = s[2] + inc2
+        if v < 0.0:
+            v = 0.0
+        s[2] = v
+        if v > top:
+            top = v
+            best = 2
+        c = cum[2] + inc2
+        cum[2] = c
+        if c > mx:
+            mx = c
+        if c < cum_min[2]:
+            cum_min[2] = c
+        elif c - cum_min[2] > peak:
+            peak = c - cum_min[2]
+        v = s[3] + inc3
+        if v < 0.0:
+            v = 0.0
+        s[3] = v
+        if v > top:
+            top = v
+            best = 3
+        c = cum[3] + inc3
+        cum[3] = c
+        if c > mx:
+            mx = c
+        if c < cum_min[3]:
+            cum_min[3] = c
+        elif c - cum_min[3] > peak:
+            peak = c - cum_min[3]
+        self.max_log_lr = mx
+        self.peak = peak
+        self.n += 1
+        if top > self.threshold:
+            self.fire(best, top)
+            return True
+        return False
+
     def fire(self, j: int, value: float) -> None:
         self.alarms += 1
         self.alarm = True

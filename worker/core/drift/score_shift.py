@@ -179,7 +179,7 @@ class ScoreShift(CusumReadout):
         if not self._spread:
             return self._bank.step2(lam * x - a, -lam * x - a)
         w = abs(2.0 * x) - 0.5
-        return self._bank.step((lam * x - a, -lam * x - a, lam * w - a, -lam * w - a))
+        return self._bank.step4(lam * x - a, -lam * x - a, lam * w - a, -lam * w - a)
 
     def _bins(self, z: np.ndarray) -> np.ndarray:
         # Same float operations as update(), so both paths bin identically.

@@ -15,7 +15,7 @@ from worker.core.join.join_stats import JoinStats
 from worker.core.join.join_step import JoinStep
 from worker.core.join.watermark import Watermark, _check_ms
 from worker.core.records.click import Click
-from worker.core.records.feedback import Feedback
+from worker.core.records.feedback import Feedback, new_feedback
 from worker.core.records.impression import Impression
 
 # Every (user_id, impression_id) key with state has one entry, a list that is at the same
@@ -319,9 +319,9 @@ class AttributionJoin:
                     self._n_tomb += 1
                     self._n_pos += 1
                     if cts > ts:
-                        fb = Feedback(imp, 1, cts, cts, cts - ts)
+                        fb = new_feedback(imp, 1, cts, cts, cts - ts)
                     else:
-                        fb = Feedback(imp, 1, ts, cts, 0)
+                        fb = new_feedback(imp, 1, ts, cts, 0)
                     step = JoinStep([fb])
                 else:
                     new = [deadline, seq, _IMP, uid, iid, imp, True, 0, None]
@@ -385,9 +385,9 @@ class AttributionJoin:
                     self._n_tomb += 1
                     self._n_pos += 1
                     if cts > ts:
-                        fb = Feedback(imp, 1, cts, cts, cts - ts)
+                        fb = new_feedback(imp, 1, cts, cts, cts - ts)
                     else:
-                        fb = Feedback(imp, 1, ts, cts, 0)
+                        fb = new_feedback(imp, 1, ts, cts, 0)
                     step = JoinStep([fb])
                     self._dirty.add(uid)
                 elif entry[_FLAG]:
@@ -584,7 +584,7 @@ class AttributionJoin:
                 entry = heappop(near)
                 kind = entry[_KIND]
                 if kind == _IMP:
-                    feedback.append(Feedback(entry[_PAYLOAD], 0, entry[_DEADLINE], None, None))
+                    feedback.append(new_feedback(entry[_PAYLOAD], 0, entry[_DEADLINE], None, None))
                     entry[_KIND] = _TOMB
                     entry[_PAYLOAD] = None
                     entry[_CACHED] = None

@@ -58,16 +58,20 @@ class CohortGate:
 
     def offer(self, fb: Feedback) -> list[Feedback]:
         ts = fb.impression.ts
-        if fb.label == 1 and ts > self._frontier:
-            heapq.heappush(self._pending, (ts, self._seq, fb))
-            self._seq += 1
-            return []
+        frontier = self._frontier
+        label = fb.label
+        if label == 1:
+            if ts > frontier:
+                heapq.heappush(self._pending, (ts, self._seq, fb))
+                self._seq += 1
+                return []
+            return [fb]
         out = [fb]
-        if fb.label == 0:
-            if ts > self._frontier:
-                self._frontier = ts
+        if label == 0:
+            if ts > frontier:
+                frontier = self._frontier = ts
             pending = self._pending
-            while pending and pending[0][0] <= self._frontier:
+            while pending and pending[0][0] <= frontier:
                 out.append(heapq.heappop(pending)[2])
         return out
 

@@ -484,7 +484,7 @@ class FeedbackStage:
         _check_created_at(created_at)
         ts = self._max_ts if event_ts is None else event_ts
         out = Outputs(posteriors=list(self._store.snapshots(ts)))
-        self._store.drain_dirty(ts)  # all were just emitted
+        self._store.discard_dirty()  # all were just emitted
         return out
 
     # ------------------------------------------------------------------ detectors

@@ -207,6 +207,8 @@ class Pipeline:
             # Every accepted event moves the join's clock record and reaches the monitor
             # (unless the clock guard holds it: a spurious write of a bounded record).
             self._noted.update(_FED)
+        # Only ``stage.tick`` moves the next tick time: read once, and again after a tick.
+        next_tick = stage.next_tick_ms
         for kind, event, ref in zip(batch.kinds, batch.events, batch.refs, strict=True):
             if kind == REJECTED:
                 key, reason, error = event
@@ -214,9 +216,10 @@ class Pipeline:
                 continue
             # An event the join's clock guard holds back reaches the clock and the stage
             # only when the join releases it (``_emit``): one far-future event moves nothing.
-            held = event.ts > join.horizon
-            if not held and event.ts > self._max_ts:
-                self._max_ts = event.ts
+            ts = event.ts
+            held = ts > join.horizon
+            if not held and ts > self._max_ts:
+                self._max_ts = ts
             if kind == IMPRESSION:
                 try:
                     step = join.add_impression(event, wall_ms, ref=ref)
@@ -231,8 +234,9 @@ class Pipeline:
                 step = join.add_click(event, ref=ref, wall_ms=wall_ms)
             if step:
                 self._emit(step, out)
-            if self._max_ts >= stage.next_tick_ms:
+            if self._max_ts >= next_tick:
                 out.extend(stage.tick(int(self._max_ts), self._created_at()))
+                next_tick = stage.next_tick_ms
         return out
 
     def advance(self, wall_ms: int) -> Outputs:

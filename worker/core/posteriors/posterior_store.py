@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -24,11 +25,16 @@ _RATE_CEIL = 1.0 - _RATE_FLOOR
 class _User:
     """One user's state: segment, pooled and per-arm posteriors, conformal share, tier."""
 
-    __slots__ = ("arms", "last_ts", "n_flags", "pooled", "segment", "share", "tier", "touch")
+    __slots__ = (
+        "arms", "last_ts", "m0", "n_flags", "pooled", "segment", "share", "tier", "touch"
+    )
 
     def __init__(self, segment: str, pooled: BetaPosterior) -> None:
         self.segment = segment
         self.pooled = pooled
+        # The pooled prior's mean, fixed with the prior: the tier's cv needs it per event.
+        a0 = pooled.prior_alpha
+        self.m0 = a0 / (a0 + pooled.prior_beta)
         self.arms: dict[str, BetaPosterior] = {}
         self.share = 0.0
         self.n_flags = 0
@@ -205,6 +211,11 @@ class PosteriorStore:
         if not (_checks.is_real(tier_margin) and 0.0 <= tier_margin < 1.0):
             raise ConfigError(f"tier_margin must be a number in [0, 1); got {tier_margin!r}")
         self._margin = float(tier_margin)
+        # The tier rule's thresholds at the three scales it is applied with (first
+        # assignment, toward uncertainty, toward confidence), multiplied once.
+        self._th_plain = self._thresholds(1.0)
+        self._th_up = self._thresholds(1.0 + self._margin)
+        self._th_down = self._thresholds(1.0 - self._margin)
         self._max_users = _config_int("max_users", max_users)
         self._max_segments = _config_int("max_segments", max_segments)
         self._max_arms = _config_int("max_arms", max_arms)
@@ -309,7 +320,11 @@ class PosteriorStore:
         c = self._segment_strength
         if counts is None:
             return parent
-        s, f = counts.counts_at(ts)
+        if self._half_life is None:
+            # ``counts_at`` without discounting, read directly (three reads per new user).
+            s, f = counts._successes, counts._failures
+        else:
+            s, f = counts.counts_at(ts)
         m = (s + c * parent) / (s + f + c)
         # min(max(m, floor), 1 - floor) as comparisons: the builtins cost ~0.5 µs a call on
         # this interpreter (no vectorcall for min/max before 3.13), and a new user needs
@@ -398,57 +413,82 @@ class PosteriorStore:
         uid, seg, y, ts = user_id, segment, label, event_ts
         tick = self._ticks
         self._ticks = tick + 1
+        # Without discounting (the default) the six counts of an event go through ``_bump``:
+        # ``BetaPosterior.count``'s arithmetic for weight 1 (the same floats), no method call.
+        plain = self._half_life is None
         # Priors are taken before this event enters the rates: the user's own event must not
         # also be counted as prior evidence.
-        user = self._users.get(uid)
+        users = self._users
+        user = users.get(uid)
         seg_rate: float | None = None
         if user is None:
             seg_rate = self.segment_rate(seg, None, ts)
             user = _User(seg, self._prior(seg_rate, self._tier_strength))
-            self._users[uid] = user
-            self._hold(user, 1)
+            users[uid] = user
+            self._tiers[_NO_TIER] += 1
         else:
-            self._users.move_to_end(uid)
+            users.move_to_end(uid)
             user.segment = seg
         user.touch = tick
         self._changed_users.add(uid)
+        dirty = self._dirty
         if arm is not None:
-            pair = user.arms.get(arm)
-            if pair is None and len(user.arms) < self._max_arms:
+            arms = user.arms
+            pair = arms.get(arm)
+            if pair is None and len(arms) < self._max_arms:
                 # A new user's segment rate was just read (nothing was counted since):
                 # ``segment_rate(seg, arm, ts)`` shrinks toward it, no need to read it again.
                 rate = (self.segment_rate(seg, arm, ts) if seg_rate is None else
                         self._shrunk(self._segment_arms.get((seg, arm)), seg_rate, ts))
-                pair = user.arms[arm] = self._prior(rate)
+                pair = arms[arm] = self._prior(rate)
                 self._n_pairs += 1
             if pair is not None:
-                pair.count(y, ts)
-                self._dirty.setdefault((uid, arm), tick)
+                if plain:
+                    _bump(pair, y, ts)
+                else:
+                    pair.count(y, ts)
+                if (uid, arm) not in dirty:
+                    dirty[(uid, arm)] = tick
             pop = self._population.get(arm)
             if pop is None and len(self._population) < self._max_arms:
                 pop = self._population[arm] = self._prior(self._default_rate)
                 self._arm_index[arm] = len(self._arm_index)
                 self._arm_segments[arm] = []
             if pop is not None:
-                pop.count(y, ts)
-                self._dirty.setdefault((POPULATION, arm), tick)
+                if plain:
+                    _bump(pop, y, ts)
+                else:
+                    pop.count(y, ts)
+                if (POPULATION, arm) not in dirty:
+                    dirty[(POPULATION, arm)] = tick
                 self._changed_arms.add(arm)
-        user.pooled.count(y, ts)
+        pooled = user.pooled
+        if plain:
+            _bump(pooled, y, ts)
+            _bump(self._global, y, ts)
+        else:
+            pooled.count(y, ts)
+            self._global.count(y, ts)
         if ts > user.last_ts:
             user.last_ts = ts
 
-        self._global.count(y, ts)
         seg_counts = self._segments.get(seg)
         if seg_counts is None and len(self._segments) < self._max_segments:
             seg_counts = self._segments[seg] = self._counter()
         if seg_counts is not None:
-            seg_counts.count(y, ts)
+            if plain:
+                _bump(seg_counts, y, ts)
+            else:
+                seg_counts.count(y, ts)
             if arm is not None and arm in self._population:
                 sa = self._segment_arms.get((seg, arm))
                 if sa is None:
                     sa = self._segment_arms[(seg, arm)] = self._counter()
                     self._arm_segments[arm].append(seg)
-                sa.count(y, ts)
+                if plain:
+                    _bump(sa, y, ts)
+                else:
+                    sa.count(y, ts)
 
         if conformal_uncertain is not None:
             user.n_flags += 1
@@ -457,8 +497,43 @@ class PosteriorStore:
             share = user.share + (float(conformal_uncertain) - user.share) * step
             user.share = 0.0 if share < 0.0 else (1.0 if share > 1.0 else share)
 
-        events = self._retier(uid, user, ts)
-        if len(self._users) > self._max_users:
+        # ``_retier`` inlined up to the decision (the per-event part): the cv of the pooled
+        # posterior (``_spread``, same expression), then the tier rule with the thresholds
+        # precomputed per scale (``_tier_rule`` multiplies the same floats).
+        if plain:
+            s = pooled._successes
+            f = pooled._failures
+        else:
+            s, f = pooled.counts_at(ts)
+        m0 = user.m0
+        a = m0 * self._tier_strength + s
+        b = (1.0 - m0) * self._tier_strength + f
+        k = a + b
+        ps = self._prior_strength
+        cv = (a * b / (k * k * (k + 1.0))) ** 0.5 / ((s + ps * m0) / (s + f + ps))
+        share = user.share
+        old = user.tier
+        if old is None:
+            new = self._rule(cv, share, self._th_plain)
+        else:
+            # Moving toward uncertainty must clear thresholds raised by the margin; moving
+            # toward confidence must clear thresholds lowered by it. From an end tier only
+            # one direction can move.
+            rank = _RANK[old]
+            new = old
+            if rank < 2:
+                up = self._rule(cv, share, self._th_up)
+                if _RANK[up] > rank:
+                    new = up
+            if new is old and rank > 0:
+                down = self._rule(cv, share, self._th_down)
+                if _RANK[down] < rank:
+                    new = down
+        if new == old:
+            events: list[dict[str, Any]] = []
+        else:
+            events = self._tier_event(uid, user, old, new, cv, ts)
+        if len(users) > self._max_users:
             self._evict_over_cap()
         return events
 
@@ -481,25 +556,23 @@ class PosteriorStore:
             return "confident"
         return "moderate_uncertain"
 
-    def _retier(self, uid: str, user: _User, ts: int) -> list[dict[str, Any]]:
-        cv = self._spread(user.pooled, ts)
-        share = user.share
-        old = user.tier
-        if old is None:
-            new = self._tier_rule(cv, share, 1.0)
-        else:
-            # Moving toward uncertainty must clear thresholds raised by the margin; moving
-            # toward confidence must clear thresholds lowered by it.
-            up = self._tier_rule(cv, share, 1.0 + self._margin)
-            down = self._tier_rule(cv, share, 1.0 - self._margin)
-            if _RANK[up] > _RANK[old]:
-                new = up
-            elif _RANK[down] < _RANK[old]:
-                new = down
-            else:
-                new = old
-        if new == old:
-            return []
+    @staticmethod
+    def _rule(cv: float, share: float, th: tuple[float, float, float, float]) -> str:
+        """``_tier_rule`` with its four thresholds already multiplied by the scale."""
+        if cv > th[0] or share >= th[1]:
+            return "high_epistemic"
+        if cv <= th[2] and share <= th[3]:
+            return "confident"
+        return "moderate_uncertain"
+
+    def _thresholds(self, scale: float) -> tuple[float, float, float, float]:
+        return (self._cv_high * scale, self._share_high * scale,
+                self._cv_confident * scale, self._share_confident * scale)
+
+    def _tier_event(
+        self, uid: str, user: _User, old: str | None, new: str, cv: float, ts: int
+    ) -> list[dict[str, Any]]:
+        """Move ``user`` from tier ``old`` to ``new``; the tier event, in a list."""
         user.tier = new
         tiers = self._tiers
         tiers[old or _NO_TIER] -= 1
@@ -512,7 +585,7 @@ class PosteriorStore:
                 "to_tier": new,
                 "event_ts": ts,
                 "cv": cv,
-                "uncertain_share": share if user.n_flags else None,
+                "uncertain_share": user.share if user.n_flags else None,
                 "n": user.pooled.n,
             }
         ]
@@ -564,14 +637,21 @@ class PosteriorStore:
         """Snapshots (at ``event_ts``) of the pairs updated since the last drain, in order."""
         ts = _checks.timestamp("event_ts", event_ts)
         out = [self._snapshot(u, a, ts) for u, a in self._dirty]
+        self.discard_dirty()
+        return out
+
+    def discard_dirty(self) -> None:
+        """``drain_dirty`` without building the snapshots: for a caller that has just
+        emitted every pair's snapshot (``snapshots``), e.g. at the end of a replay."""
         # The pending marks are part of the users' and arms' records.
+        changed_users = self._changed_users
+        changed_arms = self._changed_arms
         for uid, arm in self._dirty:
             if uid == POPULATION:
-                self._changed_arms.add(arm)
+                changed_arms.add(arm)
             else:
-                self._changed_users.add(uid)
+                changed_users.add(uid)
         self._dirty.clear()
-        return out
 
     # ------------------------------------------------------------------ reads
 
@@ -636,18 +716,36 @@ class PosteriorStore:
     ) -> dict[str, Any]:
         # The store's own keys and a checked time: the end-of-replay and batched snapshots
         # of every pair go through here without re-checking them.
-        post = self.posterior(user_id, arm, segment, ts)
-        user = self._users.get(user_id) if user_id != POPULATION else None
-        tier = user.tier if user is not None and user.tier is not None else None
+        if user_id == POPULATION:
+            user = None
+            post = self._population.get(arm)
+        else:
+            user = self._users.get(user_id)
+            post = None if user is None else user.arms.get(arm)
+        if post is None:
+            # An unknown pair: the prior it would get (read at ``ts``: nothing to decay).
+            post = self.posterior(user_id, arm, segment, ts)
+        return self._snapshot_of(user_id, arm, post, user, ts)
+
+    def _snapshot_of(
+        self, user_id: str, arm: str, post: BetaPosterior, user: _User | None, ts: int
+    ) -> dict[str, Any]:
+        """The snapshot of ``post`` read at ``ts``: the values of ``post.at(ts)``'s
+        ``alpha``, ``beta``, ``mean`` and ``std`` (same expressions), without the copy."""
+        s, f = post.counts_at(ts)
+        a = post.prior_alpha + s
+        b = post.prior_beta + f
+        k = a + b
+        tier = None if user is None else user.tier
         if tier is None:
-            tier = self._tier_rule(self._spread(post), 0.0, 1.0)
+            tier = self._tier_rule(self._spread(post, ts), 0.0, 1.0)
         return {
             "user_id": user_id,
             "arm": arm,
-            "alpha": post.alpha,
-            "beta": post.beta,
-            "mean": post.mean,
-            "std": post.std,
+            "alpha": a,
+            "beta": b,
+            "mean": a / k,
+            "std": math.sqrt(a * b / (k * k * (k + 1.0))),
             "n": post.n,
             "tier": tier,
             "event_ts": ts,
@@ -656,11 +754,12 @@ class PosteriorStore:
     def snapshots(self, event_ts: int) -> Iterator[dict[str, Any]]:
         """Snapshots of every population and (user, arm) posterior held, at ``event_ts``."""
         ts = _checks.timestamp("event_ts", event_ts)
-        for arm in list(self._population):
-            yield self._snapshot(POPULATION, arm, ts)
+        snap = self._snapshot_of
+        for arm, pop in list(self._population.items()):
+            yield snap(POPULATION, arm, pop, None, ts)
         for uid, user in list(self._users.items()):
-            for arm in list(user.arms):
-                yield self._snapshot(uid, arm, ts)
+            for arm, post in list(user.arms.items()):
+                yield snap(uid, arm, post, user, ts)
 
     # ------------------------------------------------------------------ persistence
 
@@ -881,6 +980,19 @@ class PosteriorStore:
             f"PosteriorStore(users={self.n_users}, pairs={self.n_pairs}, "
             f"arms={len(self._population)}, segments={len(self._segments)})"
         )
+
+
+def _bump(post: BetaPosterior, label: int, ts: int) -> None:
+    """``post.count(label, ts)`` for an undiscounted posterior (the same floats: weight 1),
+    without the method's branch on the half-life: the store counts six posteriors per event."""
+    if label:
+        post._successes += 1.0
+    else:
+        post._failures += 1.0
+    post._n += 1
+    last = post._last_ts
+    if last is None or ts > last:
+        post._last_ts = ts
 
 
 def _config_int(name: str, value: object) -> int:

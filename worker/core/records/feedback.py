@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from worker.core.records._slots import slot_setters
 from worker.core.records.impression import Impression
 
 
@@ -47,3 +49,41 @@ class Feedback:
             data["click_ts"],
             data["delay_ms"],
         )
+
+
+def _feedback_factory() -> Callable[[Impression, int, int, int | None, int | None], Feedback]:
+    """``Feedback(...)`` without the frozen dataclass ``__init__`` (``slot_setters``): the
+    join builds one per label; the ordinary constructor if the record changed.
+
+    >>> imp = Impression("i1", "u1", "it", 1_000, "default", 0.5, 0.0, "default", None, None)
+    >>> new_feedback(imp, 0, 1_500, None, None) == Feedback(imp, 0, 1_500, None, None)
+    True
+    """
+    setters = slot_setters(
+        Feedback, ("impression", "label", "label_ts", "click_ts", "delay_ms")
+    )
+    if setters is None:
+        return Feedback
+    s0, s1, s2, s3, s4 = setters
+    new = object.__new__
+
+    def make(
+        impression: Impression,
+        label: int,
+        label_ts: int,
+        click_ts: int | None,
+        delay_ms: int | None,
+    ) -> Feedback:
+        fb = new(Feedback)
+        s0(fb, impression)
+        s1(fb, label)
+        s2(fb, label_ts)
+        s3(fb, click_ts)
+        s4(fb, delay_ms)
+        return fb
+
+    return make
+
+
+#: ``Feedback(impression, label, label_ts, click_ts, delay_ms)`` for the join's hot path.
+new_feedback = _feedback_factory()

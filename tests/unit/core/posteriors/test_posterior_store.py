@@ -245,6 +245,39 @@ def test_dirty_drain_and_batching() -> None:
     assert store.drain_dirty(11) == []
 
 
+@SETTINGS
+@given(stream=stream_st, half_life=st.sampled_from([None, 5_000.0]),
+       read=st.integers(0, 20_000))
+def test_snapshots_equal_the_posterior_read_at_their_time(stream, half_life, read) -> None:
+    # Snapshots are computed from the stored counts without copying the posterior; they
+    # must be exactly what ``posterior(...).at(ts)`` reads (decayed when discounting).
+    store = PosteriorStore(half_life_ms=half_life)
+    run(store, stream)
+    ts = max([read] + [e[4] for e in stream])
+    snaps = list(store.snapshots(ts))
+    assert len(snaps) == len(store.arms()) + store.n_pairs
+    for snap in snaps:
+        post = store.posterior(snap["user_id"], snap["arm"], event_ts=ts)
+        assert (snap["alpha"], snap["beta"], snap["mean"], snap["std"], snap["n"]) == (
+            post.alpha, post.beta, post.mean, post.std, post.n)
+        assert snap == store.snapshot(snap["user_id"], snap["arm"], ts)
+
+
+def test_discard_dirty_forgets_the_pending_pairs_like_a_drain() -> None:
+    drained, discarded = PosteriorStore(), PosteriorStore()
+    for store in (drained, discarded):
+        store.update("u1", "a", "s", 1, 1)
+        store.update("u2", "b", "s", 0, 2)
+        store.dirty_users(), store.dirty_arms()
+    assert len(drained.drain_dirty(5)) == 4
+    discarded.discard_dirty()
+    assert discarded.drain_dirty(6) == []
+    # The pending marks are part of the records: both name the same changed records.
+    assert discarded.dirty_users() == drained.dirty_users() == {"u1", "u2"}
+    assert discarded.dirty_arms() == drained.dirty_arms() == {"a", "b"}
+    assert discarded.to_dict() == drained.to_dict()
+
+
 def test_state_is_bounded() -> None:
     store = PosteriorStore(max_users=3, max_arms=2)
     for i in range(5):
