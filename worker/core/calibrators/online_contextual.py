@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ from numpy.typing import ArrayLike
 from worker.core.calibrators._ons import check_event, check_events
 from worker.core.calibrators.context_features import (
     category_of,
+    check_edges,
     check_fields,
     hour_features,
     hour_of,
@@ -141,9 +141,12 @@ class OnlineContextual:
         segment: bool = True,
         fields: Sequence[str] = (),
         max_categories: int = 16,
+        start: tuple[float, float] = (1.0, 0.0),
     ) -> None:
-        # The context-free block, and the validation of its settings.
-        self._platt = OnlinePlatt(gamma=gamma, rho=rho, a_min=a_min, a_max=a_max, b_max=b_max)
+        # The context-free block, and the validation of its settings; ``start`` is its
+        # starting map, as ``OnlinePlatt``'s (the policy starts a learner where serving is).
+        self._platt = OnlinePlatt(gamma=gamma, rho=rho, a_min=a_min, a_max=a_max, b_max=b_max,
+                                  start=start)
         if isinstance(shrinkage, bool) or not (is_real(shrinkage) and shrinkage >= 0):
             raise ConfigError(f"shrinkage must be a finite number >= 0; got {shrinkage!r}")
         self._shrinkage = float(shrinkage)
@@ -153,13 +156,7 @@ class OnlineContextual:
         self._hour_harmonics = check_int("hour_harmonics", hour_harmonics, 0)
         if self._hour_harmonics > MAX_HARMONICS:
             raise ConfigError(f"hour_harmonics must be <= {MAX_HARMONICS}; got {hour_harmonics}")
-        edges = tuple(position_edges) if isinstance(position_edges, (list, tuple)) else None
-        if edges is None or not all(
-            isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in edges
-        ) or any(b <= a for a, b in pairwise(edges)):
-            raise ConfigError(
-                f"position_edges must be increasing integers >= 0; got {position_edges!r}"
-            )
+        edges = check_edges("position_edges", position_edges)
         self._position_edges = edges
         if not isinstance(segment, bool):
             raise ConfigError(f"segment must be true or false; got {segment!r}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from worker.core.calibrators import Calibrator, OnlinePlatt
+from worker.core.calibrators import Calibrator, OnlineContextual, OnlinePlatt
 from worker.core.errors import ConfigError
 from worker.core.policy.policy_config import PolicyConfig
 from worker.core.records.impression import Impression
@@ -56,8 +56,49 @@ def _new_platt(config: PolicyConfig, start: tuple[float, float]) -> OnlineLearne
     )
 
 
+class _ImpressionContext:
+    """``OnlineContextual`` fed with impressions: each label in its serving-time context
+    (``Impression.serving_context``: ts, position, segment, the kept context fields)."""
+
+    __slots__ = ("learner",)
+
+    def __init__(self, learner: OnlineContextual) -> None:
+        self.learner = learner
+
+    def update(self, z: float, y: int, impression: Impression) -> None:
+        self.learner.update(z, y, impression.serving_context())
+
+    def calibrator(self) -> Calibrator:
+        return self.learner.calibrator()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.learner.to_dict()
+
+
+def _new_contextual(config: PolicyConfig, start: tuple[float, float]) -> OnlineLearner:
+    return _ImpressionContext(OnlineContextual(
+        gamma=config.online_gamma,
+        rho=config.online_rho,
+        a_min=config.online_a_min,
+        a_max=config.online_a_max,
+        b_max=config.online_b_max,
+        w_rho=config.context_w_rho,
+        shrinkage=config.context_shrinkage,
+        hour_harmonics=config.context_hour_harmonics,
+        position_edges=config.context_position_edges,
+        segment=True,
+        fields=config.context_fields,
+        start=start,
+    ))
+
+
+def _load_contextual(data: Mapping[str, Any]) -> OnlineLearner:
+    return _ImpressionContext(OnlineContextual.from_dict(data))
+
+
 _REGISTRY: dict[str, tuple[NewLearner, LoadLearner]] = {
     "platt": (_new_platt, OnlinePlatt.from_dict),
+    "contextual": (_new_contextual, _load_contextual),
 }
 
 

@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 from worker.core.calibrators import (
     Calibrator,
+    ContextColumns,
     EligibilityGate,
     HierarchicalShrinkage,
     IdentityCalibrator,
@@ -429,10 +430,10 @@ class RecalibrationPolicy:
             holdout = self.is_holdout(imp.impression_id)
         seg_key = SEGMENT_PREFIX + imp.segment
         seg_state = model.scope(seg_key)
-        seg_state.add(z, y, ts, seq, holdout)
+        seg_state.add(z, y, ts, seq, holdout, impression=imp)
         # The global sketch is the merge of segment sketches (see global_sketch).
         g = model.scopes[GLOBAL]
-        g.add(z, y, ts, seq, holdout, model.seg_codes[seg_key], sketch=False)
+        g.add(z, y, ts, seq, holdout, model.seg_codes[seg_key], sketch=False, impression=imp)
         if not holdout and g.learner is not None:
             # Training labels only: the holdout then scores the learners out of sample. The
             # global learner, like the global fits, learns from the segments it serves.
@@ -539,7 +540,7 @@ class RecalibrationPolicy:
             # with its offset from the old global carried over (``residual``): a small
             # segment (new users) would otherwise lose its own correction for weeks,
             # waiting for enough new-regime events to refit it.
-            if state.covered and self._survives(state, g.regime_seq):
+            if state.covered and self._survives(model, key, state, g.regime_seq):
                 state.survived_regime = g.regime_seq
                 continue
             if state.covered:
@@ -559,7 +560,7 @@ class RecalibrationPolicy:
         out += self._sync_users(model_id, model, created_at, g_drift)
         return out
 
-    def _survives(self, state: ScopeState, change_seq: int) -> bool:
+    def _survives(self, model: _Model, key: str, state: ScopeState, change_seq: int) -> bool:
         """Whether a segment's own version still fits its events since ``change_seq``: the
         change test of ``_change_path`` at the lenient ``drift_alpha`` finds nothing, on
         at least a quarter window of events."""
@@ -568,8 +569,9 @@ class RecalibrationPolicy:
         z, y, _, _ = state.train.arrays(since_seq=change_seq)
         if z.size < max(cfg.recent_window // 4, 2) or not self._enough_labels(y):
             return False
+        ctx = self._context(model, key, state.train, change_seq, None)
         served = calibrator_from_dict(state.current)
-        _, l_served = score(served, z, y)
+        _, l_served = score(served, z, y, ctx)
         _, l_refit = score(PlattCalibrator.fit(z, y), z, y)
         return 2.0 * float((l_served - l_refit).sum()) <= -2.0 * math.log(cfg.drift_alpha)
 
@@ -645,12 +647,14 @@ class RecalibrationPolicy:
         segs = model.global_segs() if is_global else None
         if has_served_version:
             anchor = self._anchor(key, state, served, parent)
-            change = self._change_path(key, state, segs, anchor, fallback, served, drift)
+            change = self._change_path(model, key, state, segs, anchor, fallback, served,
+                                       drift)
             if change is not None:
                 cand, change_seq = change
                 ez, ey, _, _ = state.holdout.arrays(since_seq=change_seq, segs=segs)
+                ectx = self._context(model, key, state.holdout, change_seq, segs)
                 msg = self._publish(model_id, model, key, state, cand, served, ez, ey, drift,
-                                    created_at, None)
+                                    created_at, None, ectx)
                 state.restart(change_seq, cfg.half_life_ms)
                 state.version_regime = state.regime_seq
                 # The regime's later fits stay shrunk toward the map served at the change
@@ -663,6 +667,7 @@ class RecalibrationPolicy:
         hz, hy, _, _ = state.holdout.arrays(since_seq=state.regime_seq, segs=segs)
         if hz.size == 0:
             return None
+        hctx = self._context(model, key, state.holdout, state.regime_seq, segs)
         hist = model.global_sketch() if is_global else state.sketch
         anchor_cal = None
         if is_global and state.anchor is not None:
@@ -672,12 +677,13 @@ class RecalibrationPolicy:
         if online is not None:
             cands.append(online)
         long_scored = score_all(
-            [cd for cd in cands if cd.calibrator != served or cd.name == "identity"], hz, hy
+            [cd for cd in cands if cd.calibrator != served or cd.name == "identity"], hz, hy,
+            hctx,
         )
         if not long_scored:
             return None
         best = self._pick(long_scored, hy)
-        served_p, served_losses = score(served, hz, hy)
+        served_p, served_losses = score(served, hz, hy, hctx)
         _, identity_losses = score(_IDENTITY, hz, hy)
         publish = self._passes(best, served_losses, identity_losses, cfg.min_n_eval)
         fitted = [sc for sc in long_scored if sc.candidate.name in _FITTED]
@@ -712,7 +718,29 @@ class RecalibrationPolicy:
         if not publish:
             return None
         return self._publish(model_id, model, key, state, best.candidate, served, hz, hy,
-                             drift, created_at, long_scored)
+                             drift, created_at, long_scored, hctx)
+
+    @staticmethod
+    def _context(
+        model: _Model,
+        key: str,
+        ring: Any,
+        since_seq: int | None,
+        segs: NDArray[np.int64] | None,
+    ) -> ContextColumns | None:
+        """The context of the events ``ring.arrays(since_seq, segs)`` gives (None when the
+        rings keep none): a ``contextual`` map is scored in it, every other one ignores it.
+        The segment comes from the ring's segment codes (a segment's own rings hold 0)."""
+        if not ring.has_context:
+            return None
+        if key == GLOBAL:
+            vocab = [""] * len(model.seg_codes)
+            for name, code in model.seg_codes.items():
+                vocab[code] = name[len(SEGMENT_PREFIX):]
+        else:
+            vocab = [key[len(SEGMENT_PREFIX):]]
+        out: ContextColumns | None = ring.context(since_seq, segs, vocab)
+        return out
 
     def _beats_identity(self, sc: Scored, identity_losses: FloatArray, min_n: int) -> bool:
         """Whether ``sc`` is identity itself or beats it beyond noise on the holdout."""
@@ -843,6 +871,7 @@ class RecalibrationPolicy:
 
     def _change_path(
         self,
+        model: _Model,
         key: str,
         state: ScopeState,
         segs: NDArray[np.int64] | None,
@@ -898,15 +927,17 @@ class RecalibrationPolicy:
         tz, ty = az[-k:], ay[-k:]
         if not self._enough_labels(ty):
             return None
+        actx = self._context(model, key, state.train, state.regime_seq, segs)
+        tctx = None if actx is None else actx.select(np.arange(az.size - k, az.size))
         refit = PlattCalibrator.fit(tz, ty)
-        _, l_served = score(served, tz, ty)
+        _, l_served = score(served, tz, ty, tctx)
         _, l_refit = score(refit, tz, ty)
         stat = 2.0 * float((l_served - l_refit).sum())
         alpha = cfg.drift_alpha if drift else cfg.change_alpha
         if not stat > -2.0 * math.log(alpha):
             return None
         min_post = max(cfg.recent_window // 4, cfg.min_positives + cfg.min_negatives)
-        c = _change_point(served, az, ay, min_post)
+        c = _change_point(served, az, ay, min_post, actx)
         pz, py, pts = az[c:], ay[c:], ats[c:]
         if not self._enough_labels(py):
             c = az.size - k
@@ -924,9 +955,10 @@ class RecalibrationPolicy:
         ez, ey, _, _ = state.holdout.arrays(since_seq=change_seq, segs=segs)
         if ez.size < cfg.min_refine_eval:
             return None
-        _, e_served = score(served, ez, ey)
+        ectx = self._context(model, key, state.holdout, change_seq, segs)
+        _, e_served = score(served, ez, ey, ectx)
         _, e_identity = score(_IDENTITY, ez, ey)
-        for sc in score_all(cands, ez, ey):
+        for sc in score_all(cands, ez, ey, ectx):
             if self._passes(sc, e_served, e_identity, cfg.min_refine_eval):
                 return sc.candidate, change_seq
         return None
@@ -1053,9 +1085,10 @@ class RecalibrationPolicy:
         drift: bool,
         created_at: str,
         scored: list[Scored] | None,
+        ctx: ContextColumns | None = None,
     ) -> dict[str, Any]:
-        p_before, _ = score(served, ez, ey)
-        p_after, _ = score(cand.calibrator, ez, ey)
+        p_before, _ = score(served, ez, ey, ctx)
+        p_after, _ = score(cand.calibrator, ez, ey, ctx)
         reason = "bootstrap" if state.version == 0 else ("drift" if drift else "scheduled")
         state.version += 1
         msg = _message(model_id, key, state.version, cand.calibrator, model.watermark,
@@ -1114,8 +1147,9 @@ class RecalibrationPolicy:
         cal = calibrator_from_dict(target)
         before = calibrator_from_dict(state.current) if state.current is not None else _IDENTITY
         ez, ey, _, _ = state.holdout.arrays(since_seq=state.regime_seq)
-        p_before, _ = score(before, ez, ey)
-        p_after, _ = score(cal, ez, ey)
+        ctx = self._context(model, key, state.holdout, state.regime_seq, None)
+        p_before, _ = score(before, ez, ey, ctx)
+        p_after, _ = score(cal, ez, ey, ctx)
         state.version += 1
         metrics = metrics_block(p_before, p_after, ey, self._cfg.n_bins)
         msg = _message(model_id, key, state.version, cal, model.watermark, created_at,
@@ -1502,7 +1536,13 @@ def _bic(cand: Candidate, z: FloatArray, y: FloatArray, prior: float | None) -> 
     return k * math.log(n) + 2.0 * float(losses.sum())
 
 
-def _change_point(served: Calibrator, z: FloatArray, y: FloatArray, min_post: int) -> int:
+def _change_point(
+    served: Calibrator,
+    z: FloatArray,
+    y: FloatArray,
+    min_post: int,
+    ctx: ContextColumns | None = None,
+) -> int:
     """The index ``c`` (leaving at least ``min_post`` events after it) that maximises the
     profile likelihood of "served calibrator before ``c``, a Platt fit of its own after":
     ``-sum(loss_served[:c]) - sum(loss_platt_c[c:])``, on a grid, then refined around the
@@ -1515,7 +1555,7 @@ def _change_point(served: Calibrator, z: FloatArray, y: FloatArray, min_post: in
     20 % off at the change where one fit is served for the longest).
     """
     last = max(0, z.size - min_post)
-    _, l_served = score(served, z, y)
+    _, l_served = score(served, z, y, ctx)
     prefix = np.concatenate(([0.0], np.cumsum(l_served)))
 
     costs: dict[int, float] = {}
