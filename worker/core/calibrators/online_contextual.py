@@ -238,6 +238,20 @@ class OnlineContextual:
     def _category_order(self) -> list[str]:
         return ([_SEGMENT] if self._segment else []) + list(self._fields)
 
+    def rescale(self, alpha: float, beta: float) -> None:
+        """Continue from ``sigmoid(alpha * eta + beta)`` of the current map's logit ``eta``
+        (``ContextualCalibrator.rescaled``), the context-free block restarted (its
+        curvature back to ``rho``: it tracks the new level fast), the context weights and
+        their curvature kept (the patterns they learnt still hold). The policy calls this
+        after a detected change."""
+        if not (is_real(alpha) and alpha > 0.0 and is_real(beta)):
+            raise ConfigError(f"rescale needs alpha > 0 and a finite beta; got {alpha!r}, "
+                              f"{beta!r}")
+        a, b = self._platt.params
+        self._platt = OnlinePlatt(**self._platt.config(), start=(alpha * a, alpha * b + beta))
+        self._w[1::2] *= alpha
+        np.clip(self._w, -self._w_max, self._w_max, out=self._w)
+
     # ------------------------------------------------------------------ update
 
     def update(self, z: float, y: float, context: Context | None = None) -> None:

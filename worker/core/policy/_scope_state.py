@@ -131,6 +131,18 @@ class ScopeState:
         self.learner_n = self.learner_positives = 0
         self.learner_from_ts = self.learner_to_ts = None
 
+    def rescale_learner(self, alpha: float, beta: float) -> bool:
+        """After a change refitted a contextual map as ``sigmoid(alpha * eta + beta)`` of
+        its logit: the learner continues from that map, keeping its context weights
+        (``OnlineContextual.rescale``); False when the learner cannot (then ``reseed``)."""
+        rescale = getattr(self.learner, "rescale", None)
+        if rescale is None:
+            return False
+        rescale(alpha, beta)
+        self.learner_n = self.learner_positives = 0
+        self.learner_from_ts = self.learner_to_ts = None
+        return True
+
     def learner_training(self) -> dict[str, Any]:
         """The ``training`` block of a version the learner wins."""
         return {"n": self.learner_n, "positives": self.learner_positives,

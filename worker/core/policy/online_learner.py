@@ -74,6 +74,9 @@ class _ImpressionContext:
     def to_dict(self) -> dict[str, Any]:
         return self.learner.to_dict()
 
+    def rescale(self, alpha: float, beta: float) -> None:
+        self.learner.rescale(alpha, beta)
+
 
 def _new_contextual(config: PolicyConfig, start: tuple[float, float]) -> OnlineLearner:
     return _ImpressionContext(OnlineContextual(

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from worker.core.calibrators import (
     Calibrator,
     ContextColumns,
+    ContextualCalibrator,
     EligibilityGate,
     HierarchicalShrinkage,
     IdentityCalibrator,
@@ -60,6 +61,7 @@ _FITTED = ("temperature", "platt", "isotonic")
 # Free parameters, roughly: the order in which _pick prefers candidates of equal merit.
 _COMPLEXITY = {"identity": 0, "fallback": 0, "temperature": 1, "platt": 2, "online": 2,
                "isotonic": 3}
+_DAY_MS = 86_400_000
 _EMPTY_TRAINING: dict[str, Any] = {"n": 0, "positives": 0, "from_ts": None, "to_ts": None}
 
 
@@ -650,7 +652,7 @@ class RecalibrationPolicy:
             change = self._change_path(model, key, state, segs, anchor, fallback, served,
                                        drift)
             if change is not None:
-                cand, change_seq = change
+                cand, change_seq, residual = change
                 ez, ey, _, _ = state.holdout.arrays(since_seq=change_seq, segs=segs)
                 ectx = self._context(model, key, state.holdout, change_seq, segs)
                 msg = self._publish(model_id, model, key, state, cand, served, ez, ey, drift,
@@ -661,7 +663,8 @@ class RecalibrationPolicy:
                 # (their prior's weight fades as the regime's events grow), and its online
                 # learner starts again from the new version.
                 state.anchor = anchor.to_dict()
-                state.reseed(cfg, affine_of(_cal_dict(msg)) or (1.0, 0.0))
+                if residual is None or not state.rescale_learner(*residual):
+                    state.reseed(cfg, affine_of(_cal_dict(msg)) or (1.0, 0.0))
                 return msg
 
         hz, hy, _, _ = state.holdout.arrays(since_seq=state.regime_seq, segs=segs)
@@ -879,9 +882,9 @@ class RecalibrationPolicy:
         fallback: Calibrator | None,
         served: Calibrator,
         drift: bool,
-    ) -> tuple[Candidate, int] | None:
-        """``(calibrator, change seq)`` when the newest training events show that the served
-        calibrator no longer fits, else None.
+    ) -> tuple[Candidate, int, tuple[float, float] | None] | None:
+        """``(calibrator, change seq, residual)`` when the newest training events show that
+        the served calibrator no longer fits, else None.
 
         Test: the likelihood ratio of a Platt refit on the newest ``recent_window`` training
         events of the regime against the served calibrator on the same events,
@@ -918,16 +921,34 @@ class RecalibrationPolicy:
         served calibrator and identity beyond noise on the holdout events since the change
         (``_passes``, at least ``min_refine_eval`` of them); with fewer, nothing yet (the
         next refit looks again, with more events).
+
+        A **contextual** served map (global scope): the test, the change point and the fits
+        run on its logit in each event's context, ``eta = a(x) z + b(x)``, against identity
+        on ``eta`` (the served map itself), and a fit ``sigmoid(alpha eta + beta)`` is again
+        a contextual map (``ContextualCalibrator.rescaled``): the change moves its level and
+        spread and keeps its learnt daily and positional pattern, which a context-free
+        post-change fit would throw away (and which, on the realistic stream, made every
+        context-free candidate lose to the served map on the holdout). ``residual`` is
+        then ``(alpha, beta)``, for the learner to continue from (None otherwise).
         """
         cfg = self._cfg
         az, ay, ats, aseq = state.train.arrays(since_seq=state.regime_seq, segs=segs)
         k = min(cfg.recent_window, az.size)
         if k < max(cfg.recent_window // 4, 2):
             return None
-        tz, ty = az[-k:], ay[-k:]
-        if not self._enough_labels(ty):
+        if not self._enough_labels(ay[-k:]):
             return None
         actx = self._context(model, key, state.train, state.regime_seq, segs)
+        base: ContextualCalibrator | None = None
+        if isinstance(served, ContextualCalibrator) and actx is not None and key == GLOBAL and (
+            _spans_a_day(state.current)
+        ):
+            base = served
+            az = base.logit_columns(az, actx)
+            served = anchor = _IDENTITY
+            fallback = None
+            actx = None
+        tz, ty = az[-k:], ay[-k:]
         tctx = None if actx is None else actx.select(np.arange(az.size - k, az.size))
         refit = PlattCalibrator.fit(tz, ty)
         _, l_served = score(served, tz, ty, tctx)
@@ -956,11 +977,21 @@ class RecalibrationPolicy:
         if ez.size < cfg.min_refine_eval:
             return None
         ectx = self._context(model, key, state.holdout, change_seq, segs)
-        _, e_served = score(served, ez, ey, ectx)
+        # Doing nothing is the raw score, whatever space the fits run in.
         _, e_identity = score(_IDENTITY, ez, ey)
+        if base is not None and ectx is not None:
+            ez, ectx = base.logit_columns(ez, ectx), None
+        _, e_served = score(served, ez, ey, ectx)
         for sc in score_all(cands, ez, ey, ectx):
             if self._passes(sc, e_served, e_identity, cfg.min_refine_eval):
-                return sc.candidate, change_seq
+                if base is None:
+                    return sc.candidate, change_seq, None
+                residual = affine_of(sc.candidate.calibrator.to_dict())
+                if residual is None or not residual[0] > 0.0:
+                    continue
+                cand = Candidate(sc.candidate.name, base.rescaled(*residual),
+                                 sc.candidate.training)
+                return cand, change_seq, residual
         return None
 
     def _drift_candidates(
@@ -1121,6 +1152,9 @@ class RecalibrationPolicy:
     ) -> dict[str, Any]:
         if cand.calibrator.method in _PARAMETRIC:
             return cand.calibrator.to_dict()
+        if isinstance(cand.calibrator, ContextualCalibrator) and not scored:
+            # A change path's rescaled contextual map: its map at the average context.
+            return cand.calibrator.context_free().to_dict()
         pool = [s for s in (scored or []) if s.candidate.calibrator.method in _PARAMETRIC]
         if not pool:
             return {"method": "identity", "params": {}}
@@ -1626,6 +1660,17 @@ def _affine_stand_in(state: ScopeState) -> dict[str, Any]:
     """The scope's served calibrator when it is logit-affine, else its parametric stand-in."""
     cal = _cal_dict(state.current)
     return cal if affine_of(cal) is not None else dict(state.parametric)
+
+
+def _spans_a_day(msg: dict[str, Any] | None) -> bool:
+    """Whether a version's training events span a whole day of impression time: only then
+    has a contextual map seen every hour, and a departure from it is a change rather than
+    an hour it has not learnt yet (the first day's evening looks like a change to a map
+    learnt on its morning)."""
+    if msg is None:
+        return False
+    lo, hi = msg["training"].get("from_ts"), msg["training"].get("to_ts")
+    return lo is not None and hi is not None and int(hi) - int(lo) >= _DAY_MS
 
 
 def _same_calibrator(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
