@@ -142,11 +142,13 @@ class OnlineContextual:
         fields: Sequence[str] = (),
         max_categories: int = 16,
         start: tuple[float, float] = (1.0, 0.0),
+        memory: float | None = None,
     ) -> None:
         # The context-free block, and the validation of its settings; ``start`` is its
-        # starting map, as ``OnlinePlatt``'s (the policy starts a learner where serving is).
+        # starting map and ``memory`` its forgetting, as ``OnlinePlatt``'s (the policy
+        # starts a learner where serving is).
         self._platt = OnlinePlatt(gamma=gamma, rho=rho, a_min=a_min, a_max=a_max, b_max=b_max,
-                                  start=start)
+                                  start=start, memory=memory)
         if isinstance(shrinkage, bool) or not (is_real(shrinkage) and shrinkage >= 0):
             raise ConfigError(f"shrinkage must be a finite number >= 0; got {shrinkage!r}")
         self._shrinkage = float(shrinkage)
@@ -407,7 +409,7 @@ class OnlineContextual:
         try:
             if data.get("v") != 1:
                 raise ValueError(f"unsupported online contextual state version {data.get('v')!r}")
-            out = cls(**{k: data[k] for k in _CONFIG_KEYS})
+            out = cls(**{k: data[k] for k in _CONFIG_KEYS}, memory=data.get("memory"))
             platt = OnlinePlatt.from_dict(data["platt"])
             if platt.config() != out._platt.config():
                 raise ValueError("the context-free block's settings differ from the learner's")

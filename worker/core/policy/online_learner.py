@@ -53,6 +53,7 @@ def _new_platt(config: PolicyConfig, start: tuple[float, float]) -> OnlineLearne
         a_max=config.online_a_max,
         b_max=config.online_b_max,
         start=start,
+        memory=config.online_memory,
     )
 
 
@@ -92,6 +93,7 @@ def _new_contextual(config: PolicyConfig, start: tuple[float, float]) -> OnlineL
         segment=True,
         fields=config.context_fields,
         start=start,
+        memory=config.online_memory,
     ))
 
 

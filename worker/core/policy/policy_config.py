@@ -117,6 +117,10 @@ class PolicyConfig:
       (a wandering 0.53-0.73 around 0.625 20k events after a change) failed the drift
       stream's criterion (ECE 0.0124 > 0.0108); 0.3 gave 0.0111 there and, on the realistic
       stream (seed 1), ECE 0.0013 against 0.0023; 1.0 was worse on both.
+    - ``online_memory``: the learner forgets the curvature of its slope and intercept with
+      weight ``1 - 1 / online_memory`` per label (None: never; see ``OnlinePlatt``), so its
+      steps stop shrinking like ``1 / t`` and it keeps following a slow change or a
+      retrained model days into a stream.
     - ``online_a_min``, ``online_a_max``, ``online_b_max``: its projection box, slope ``a``
       in ``[online_a_min, online_a_max]`` (``online_a_min > 0``: the map is always
       increasing) and intercept ``|b| <= online_b_max``.
@@ -188,6 +192,7 @@ class PolicyConfig:
     online_a_min: float = 0.01
     online_a_max: float = 100.0
     online_b_max: float = 20.0
+    online_memory: float | None = None
     context_fields: tuple[str, ...] = ()
     context_hour_harmonics: int = 3
     context_position_edges: tuple[int, ...] = (0, 1, 2, 4, 9)
@@ -205,6 +210,12 @@ class PolicyConfig:
             raise ConfigError(f"context_hour_harmonics must be <= {MAX_HARMONICS}; "
                               f"got {self.context_hour_harmonics!r}")
         check_positive("context_w_rho", self.context_w_rho)
+        if self.online_memory is not None and not (
+            _number(self.online_memory) and self.online_memory >= 1.0
+        ):
+            raise ConfigError(
+                f"online_memory must be a number >= 1 or None; got {self.online_memory!r}"
+            )
         if not (_number(self.context_shrinkage) and self.context_shrinkage >= 0):
             raise ConfigError(
                 f"context_shrinkage must be a number >= 0; got {self.context_shrinkage!r}"

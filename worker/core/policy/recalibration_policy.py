@@ -62,6 +62,9 @@ _FITTED = ("temperature", "platt", "isotonic")
 _COMPLEXITY = {"identity": 0, "fallback": 0, "temperature": 1, "platt": 2, "online": 2,
                "isotonic": 3}
 _DAY_MS = 86_400_000
+# The online learner's "not worse than served" test looks at the newest 1 / this of the
+# holdout (see _follows_online).
+_RECENT_SHARE = 4
 _EMPTY_TRAINING: dict[str, Any] = {"n": 0, "positives": 0, "from_ts": None, "to_ts": None}
 
 
@@ -793,7 +796,11 @@ class RecalibrationPolicy:
         cfg = self._cfg
         if served_losses.size < cfg.min_n_eval:
             return False
-        mean, se = improvement(served_losses, sc.losses)
+        # "Not worse than the served map" on the newest quarter of the holdout: the learner
+        # tracks, and a map that has followed a change (a retrained model) is worse than
+        # the served one on a holdout of days before it; the identity test keeps the whole.
+        recent = -max(cfg.min_n_eval, served_losses.size // _RECENT_SHARE)
+        mean, se = improvement(served_losses[recent:], sc.losses[recent:])
         moved = float(np.abs(sc.p - served_p).max()) >= _REFINE_MIN_SHIFT
         return mean > -cfg.z * se and moved and beats(
             identity_losses, sc.losses, cfg.online_z, cfg.min_n_eval, 0.0
