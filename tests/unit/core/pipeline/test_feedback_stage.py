@@ -26,7 +26,7 @@ from tests.unit.core.pipeline.streams import (
     joined_events,
     make_stream,
 )
-from worker.core.calibrators import calibrator_from_dict
+from worker.core.calibrators import ContextualCalibrator, calibrator_from_dict
 from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.mathfn import clamp_logit
@@ -339,8 +339,11 @@ def test_served_probability_coverage_and_ece_match_a_batch_reference() -> None:
     def detect(fb: Feedback) -> None:
         seg = fb.impression.segment
         msg = versions.get("segment:" + seg, versions.get("global"))
-        p = fb.impression.score if msg is None else float(
-            calibrator_from_dict(msg).apply(fb.impression.score))
+        cal = None if msg is None else calibrator_from_dict(msg)
+        # A contextual version serves each impression in its own context.
+        p = fb.impression.score if cal is None else float(
+            cal.apply(fb.impression.score, fb.impression.serving_context())
+            if isinstance(cal, ContextualCalibrator) else cal.apply(fb.impression.score))
         q = None if msg is None else msg["conformal"]["qhat"]
         ref[seg].append((p, fb.label, q))
 
