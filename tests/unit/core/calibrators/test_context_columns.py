@@ -24,7 +24,7 @@ def filled_ring(n: int, seed: int, capacity: int | None = None) -> tuple[EventRi
     rng = np.random.default_rng(seed)
     ring = EventRing(capacity or n, fields=("device", "depth"))
     imps = []
-    for i in range(n):
+    for _ in range(n):
         ctx: dict = {}
         r = rng.random()
         if r < 0.4:
@@ -73,7 +73,7 @@ def test_the_ring_keeps_each_impression_s_context_and_selects_like_arrays() -> N
             assert got.get(f) == (v if isinstance(v, (str, float)) else None)
     # The same selection as arrays(since_seq, segs).
     since, segs = int(seq[200]), np.array([0, 2])
-    sz, _, sts, _ = ring.arrays(since, segs)
+    sz, _, _, _ = ring.arrays(since, segs)
     sel = ring.context(since, segs, SEGMENTS)
     assert sel is not None and len(sel) == sz.size
     keep = (seq >= since) & np.isin(seg, segs)
