@@ -45,16 +45,16 @@ NewLearner = Callable[[PolicyConfig, tuple[float, float]], OnlineLearner]
 LoadLearner = Callable[[Mapping[str, Any]], OnlineLearner]
 
 
+def _ons_knobs(config: PolicyConfig, start: tuple[float, float]) -> dict[str, Any]:
+    """The online Newton step's knobs, shared by both learners (the contextual one's
+    slope and intercept block is an ``OnlinePlatt``)."""
+    return {"gamma": config.online_gamma, "rho": config.online_rho,
+            "a_min": config.online_a_min, "a_max": config.online_a_max,
+            "b_max": config.online_b_max, "start": start, "memory": config.online_memory}
+
+
 def _new_platt(config: PolicyConfig, start: tuple[float, float]) -> OnlineLearner:
-    return OnlinePlatt(
-        gamma=config.online_gamma,
-        rho=config.online_rho,
-        a_min=config.online_a_min,
-        a_max=config.online_a_max,
-        b_max=config.online_b_max,
-        start=start,
-        memory=config.online_memory,
-    )
+    return OnlinePlatt(**_ons_knobs(config, start))
 
 
 class _ImpressionContext:
@@ -81,19 +81,13 @@ class _ImpressionContext:
 
 def _new_contextual(config: PolicyConfig, start: tuple[float, float]) -> OnlineLearner:
     return _ImpressionContext(OnlineContextual(
-        gamma=config.online_gamma,
-        rho=config.online_rho,
-        a_min=config.online_a_min,
-        a_max=config.online_a_max,
-        b_max=config.online_b_max,
+        **_ons_knobs(config, start),
         w_rho=config.context_w_rho,
         shrinkage=config.context_shrinkage,
         hour_harmonics=config.context_hour_harmonics,
         position_edges=config.context_position_edges,
         segment=True,
         fields=config.context_fields,
-        start=start,
-        memory=config.online_memory,
     ))
 
 
