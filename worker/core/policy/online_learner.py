@@ -109,9 +109,11 @@ def register_learner(method: str, new: NewLearner, load: LoadLearner) -> None:
 def new_learner(config: PolicyConfig, start: tuple[float, float]) -> OnlineLearner | None:
     """A fresh learner of ``config.online_method`` starting at ``start``; None when off.
 
-    >>> cfg = PolicyConfig()
-    >>> new_learner(cfg, (0.8, -0.1)).calibrator().params()
+    >>> new_learner(PolicyConfig(online_method="platt"), (0.8, -0.1)).calibrator().params()
     {'a': 0.8, 'b': -0.1}
+    >>> cal = new_learner(PolicyConfig(), (0.8, -0.1)).calibrator()   # contextual: no
+    >>> cal.method, cal.a, cal.b                                      # weights yet
+    ('contextual', 0.8, -0.1)
     >>> new_learner(PolicyConfig(online_method=None), (1.0, 0.0)) is None
     True
     """
