@@ -99,6 +99,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.core.calibrators import (
     Calibrator,
+    ContextualCalibrator,
     IsotonicCalibrator,
     OnlineContextual,
     OnlinePlatt,
@@ -188,19 +189,26 @@ def true_probabilities(events: Path, n: int) -> tuple[np.ndarray, list[dict[str,
 
 
 def replay_stream(sc: Scenario, work: Path, recalibrate_every: int,
-                  policy: PolicyConfig | None, log: Callable[[str], None]) -> Stream:
+                  policy: PolicyConfig | None, log: Callable[[str], None],
+                  out_name: str = "out") -> Stream:
     events = work / "events.jsonl"
-    t0 = time.perf_counter()
-    write_jsonl(sc, events)
-    log(f"  generated {sc.n_events:,} impressions in {time.perf_counter() - t0:.1f}s")
-    out = work / "out"
+    if not events.exists():
+        t0 = time.perf_counter()
+        write_jsonl(sc, events)
+        log(f"  generated {sc.n_events:,} impressions in {time.perf_counter() - t0:.1f}s")
+    out = work / out_name
     base = policy if policy is not None else PolicyConfig()
-    config = PipelineConfig(window_ms=sc.attribution_window_ms,
-                            policy=replace(base, recalibrate_every=recalibrate_every))
+    # The stream's context fields (the realistic one's device) are kept by the decoder and
+    # read by the policy's contextual learner, as the worker's one setting does for both.
+    fields = CONTEXT_FIELDS if sc.context_fields else ()
+    config = PipelineConfig(window_ms=sc.attribution_window_ms, context_fields=fields,
+                            policy=replace(base, recalibrate_every=recalibrate_every,
+                                           context_fields=fields))
     t0 = time.perf_counter()
     summary = run_replay(events, out, config).to_dict()
-    log(f"  replayed in {time.perf_counter() - t0:.1f}s "
-        f"({summary['calibrators_total']} calibrator versions: {summary['calibrators']})")
+    log(f"  replayed ({out_name}, online_method={base.online_method}) in "
+        f"{time.perf_counter() - t0:.1f}s ({summary['calibrators_total']} calibrator "
+        f"versions: {summary['calibrators']})")
     truth, ctx = true_probabilities(events, sc.n_events)
     rows = [orjson.loads(line) for line in (out / "feedback.jsonl").read_bytes().splitlines()]
     cal = [orjson.loads(line) for line in (out / "calibrators.jsonl").read_bytes().splitlines()]
@@ -227,8 +235,9 @@ def replay_stream(sc: Scenario, work: Path, recalibrate_every: int,
 
 def apply_versions(versions: list[tuple[int, Calibrator]], ts: np.ndarray,
                    score: np.ndarray, rows: np.ndarray, out: np.ndarray,
-                   done: np.ndarray) -> None:
-    """For ``rows`` not yet ``done``: apply the newest version with event_ts <= ts."""
+                   done: np.ndarray, contexts: list[dict[str, Any]] | None = None) -> None:
+    """For ``rows`` not yet ``done``: apply the newest version with event_ts <= ts (a
+    ``contextual`` version in each event's serving context, as the client applies it)."""
     if not versions or rows.size == 0:
         return
     rows = rows[~done[rows]]
@@ -240,15 +249,21 @@ def apply_versions(versions: list[tuple[int, Calibrator]], ts: np.ndarray,
         if k < 0:
             continue
         sel = rows[which == k]
-        out[sel] = versions[int(k)][1].apply(score[sel])
+        cal = versions[int(k)][1]
+        if isinstance(cal, ContextualCalibrator) and contexts is not None:
+            out[sel] = cal.apply(score[sel], [contexts[i] for i in sel.tolist()])
+        else:
+            out[sel] = cal.apply(score[sel])
         done[sel] = True
 
 
-def served_by_recal(s: Stream) -> np.ndarray:
+def served_by_recal(s: Stream, calibrators: list[dict[str, Any]] | None = None) -> np.ndarray:
     """What serving would have returned for every feedback event: user -> segment -> global
-    -> identity, each the newest version with ``event_ts <= ts``."""
+    -> identity, each the newest version with ``event_ts <= ts`` (``calibrators``: another
+    replay's versions of the same stream; default the stream's own)."""
+    ctx = serving_contexts(s)
     by_key: dict[str, list[tuple[int, Calibrator]]] = defaultdict(list)
-    for m in s.calibrators:
+    for m in (s.calibrators if calibrators is None else calibrators):
         by_key[m["scope"]].append((int(m["event_ts"]), calibrator_from_dict(m)))
     for v in by_key.values():
         v.sort(key=lambda e: e[0])  # stable: emission order among equal event_ts
@@ -263,11 +278,11 @@ def served_by_recal(s: Stream) -> np.ndarray:
             if u in wanted:
                 pos[u].append(i)
         for u, idx in pos.items():
-            apply_versions(by_key["user:" + u], s.ts, s.score, np.array(idx), out, done)
+            apply_versions(by_key["user:" + u], s.ts, s.score, np.array(idx), out, done, ctx)
     for seg in sorted(set(s.segment.tolist())):
         rows = np.flatnonzero(s.segment == seg)
-        apply_versions(by_key.get("segment:" + seg, []), s.ts, s.score, rows, out, done)
-    apply_versions(by_key.get("global", []), s.ts, s.score, np.arange(n), out, done)
+        apply_versions(by_key.get("segment:" + seg, []), s.ts, s.score, rows, out, done, ctx)
+    apply_versions(by_key.get("global", []), s.ts, s.score, np.arange(n), out, done, ctx)
     return out
 
 
@@ -408,9 +423,11 @@ class Window:
     cells: dict[str, Cell]
 
 
-def predictions(s: Stream) -> dict[str, np.ndarray]:
-    """Every servable method's prequential probability for every feedback event."""
-    return {
+def predictions(s: Stream, no_context: list[dict[str, Any]] | None = None
+                ) -> dict[str, np.ndarray]:
+    """Every servable method's prequential probability for every feedback event
+    (``no_context``: the versions of recal's replay without context, for ``recal-noctx``)."""
+    out = {
         "identity": s.score,
         "weekly-T": weekly_temperature(s),
         "daily-T": daily_temperature(s),
@@ -419,6 +436,9 @@ def predictions(s: Stream) -> dict[str, np.ndarray]:
         "online-contextual": online_contextual(s),
         "recal": served_by_recal(s),
     }
+    if no_context is not None:
+        out["recal-noctx"] = served_by_recal(s, no_context)
+    return out
 
 
 def evaluate(s: Stream, sc: Scenario, n_sims: int,
@@ -456,10 +476,11 @@ def evaluate(s: Stream, sc: Scenario, n_sims: int,
 
 
 METHODS = ("identity", "weekly-T", "daily-T", "iso-50k", "online-platt", "online-contextual",
-           "recal", "oracle-T", "oracle")
+           "recal-noctx", "recal", "oracle-T", "oracle")
 # On the realistic stream (6 days) weekly-T never refits: it would repeat identity.
 REALISTIC_METHODS = tuple(m for m in METHODS if m != "weekly-T")
-DAY_METHODS = ("identity", "daily-T", "online-platt", "online-contextual", "recal")
+DAY_METHODS = ("identity", "daily-T", "online-platt", "online-contextual", "recal-noctx",
+               "recal")
 
 
 def table(kind: str, windows: list[Window], methods: Sequence[str] = METHODS) -> str:
@@ -599,9 +620,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 work = base / f"{kind}-{seed}"
                 work.mkdir(parents=True, exist_ok=True)
                 # The realistic stream runs recal as a new user would, with every default.
-                s = replay_stream(sc, work, args.recalibrate_every,
-                                  PolicyConfig() if real else POLICY, log)
-                preds = predictions(s)
+                policy = PolicyConfig() if real else POLICY
+                s = replay_stream(sc, work, args.recalibrate_every, policy, log)
+                # recal without context: the same defaults with the context-free learner.
+                noctx = replay_stream(sc, work, args.recalibrate_every,
+                                      replace(policy, online_method="platt"), log, "out-noctx")
+                preds = predictions(s, noctx.calibrators)
                 windows = evaluate(s, sc, n_sims, preds)
                 log(table(kind, windows, REALISTIC_METHODS if real else METHODS))
                 if real:

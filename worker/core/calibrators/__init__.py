@@ -1,6 +1,7 @@
 """Calibrators (DESIGN §3 method table, §5): fit, apply, serialise, shrink, gate."""
 
 from worker.core.calibrators.calibrator import Calibrator
+from worker.core.calibrators.context_columns import ContextColumns
 from worker.core.calibrators.contextual import ContextualCalibrator
 from worker.core.calibrators.eligibility import EligibilityGate
 from worker.core.calibrators.factory import calibrator_from_dict
@@ -15,6 +16,7 @@ from worker.core.calibrators.temperature import TemperatureCalibrator
 
 __all__ = [
     "Calibrator",
+    "ContextColumns",
     "ContextualCalibrator",
     "EligibilityGate",
     "HierarchicalShrinkage",

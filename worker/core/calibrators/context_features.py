@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from numbers import Real
 from typing import Any
 
@@ -111,6 +112,16 @@ def check_fields(name: str, fields: object) -> tuple[str, ...]:
             )
     if len(set(out)) != len(out):
         raise ConfigError(f"{name} must not repeat a field; got {list(out)!r}")
+    return out
+
+
+def check_edges(name: str, edges: object) -> tuple[int, ...]:
+    """Position bucket edges: increasing integers >= 0 (a list or tuple, may be empty)."""
+    out = tuple(edges) if isinstance(edges, (list, tuple)) else None
+    if out is None or not all(
+        isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in out
+    ) or any(b <= a for a, b in pairwise(out)):
+        raise ConfigError(f"{name} must be increasing integers >= 0; got {edges!r}")
     return out
 
 

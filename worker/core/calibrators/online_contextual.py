@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ from numpy.typing import ArrayLike
 from worker.core.calibrators._ons import check_event, check_events
 from worker.core.calibrators.context_features import (
     category_of,
+    check_edges,
     check_fields,
     hour_features,
     hour_of,
@@ -141,9 +141,14 @@ class OnlineContextual:
         segment: bool = True,
         fields: Sequence[str] = (),
         max_categories: int = 16,
+        start: tuple[float, float] = (1.0, 0.0),
+        memory: float | None = None,
     ) -> None:
-        # The context-free block, and the validation of its settings.
-        self._platt = OnlinePlatt(gamma=gamma, rho=rho, a_min=a_min, a_max=a_max, b_max=b_max)
+        # The context-free block, and the validation of its settings; ``start`` is its
+        # starting map and ``memory`` its forgetting, as ``OnlinePlatt``'s (the policy
+        # starts a learner where serving is).
+        self._platt = OnlinePlatt(gamma=gamma, rho=rho, a_min=a_min, a_max=a_max, b_max=b_max,
+                                  start=start, memory=memory)
         if isinstance(shrinkage, bool) or not (is_real(shrinkage) and shrinkage >= 0):
             raise ConfigError(f"shrinkage must be a finite number >= 0; got {shrinkage!r}")
         self._shrinkage = float(shrinkage)
@@ -153,13 +158,7 @@ class OnlineContextual:
         self._hour_harmonics = check_int("hour_harmonics", hour_harmonics, 0)
         if self._hour_harmonics > MAX_HARMONICS:
             raise ConfigError(f"hour_harmonics must be <= {MAX_HARMONICS}; got {hour_harmonics}")
-        edges = tuple(position_edges) if isinstance(position_edges, (list, tuple)) else None
-        if edges is None or not all(
-            isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in edges
-        ) or any(b <= a for a, b in pairwise(edges)):
-            raise ConfigError(
-                f"position_edges must be increasing integers >= 0; got {position_edges!r}"
-            )
+        edges = check_edges("position_edges", position_edges)
         self._position_edges = edges
         if not isinstance(segment, bool):
             raise ConfigError(f"segment must be true or false; got {segment!r}")
@@ -240,6 +239,20 @@ class OnlineContextual:
 
     def _category_order(self) -> list[str]:
         return ([_SEGMENT] if self._segment else []) + list(self._fields)
+
+    def rescale(self, alpha: float, beta: float) -> None:
+        """Continue from ``sigmoid(alpha * eta + beta)`` of the current map's logit ``eta``
+        (``ContextualCalibrator.rescaled``), the context-free block restarted (its
+        curvature back to ``rho``: it tracks the new level fast), the context weights and
+        their curvature kept (the patterns they learnt still hold). The policy calls this
+        after a detected change."""
+        if not (is_real(alpha) and alpha > 0.0 and is_real(beta)):
+            raise ConfigError(f"rescale needs alpha > 0 and a finite beta; got {alpha!r}, "
+                              f"{beta!r}")
+        a, b = self._platt.params
+        self._platt = OnlinePlatt(**self._platt.config(), start=(alpha * a, alpha * b + beta))
+        self._w[1::2] *= alpha
+        np.clip(self._w, -self._w_max, self._w_max, out=self._w)
 
     # ------------------------------------------------------------------ update
 
@@ -396,7 +409,7 @@ class OnlineContextual:
         try:
             if data.get("v") != 1:
                 raise ValueError(f"unsupported online contextual state version {data.get('v')!r}")
-            out = cls(**{k: data[k] for k in _CONFIG_KEYS})
+            out = cls(**{k: data[k] for k in _CONFIG_KEYS}, memory=data.get("memory"))
             platt = OnlinePlatt.from_dict(data["platt"])
             if platt.config() != out._platt.config():
                 raise ValueError("the context-free block's settings differ from the learner's")

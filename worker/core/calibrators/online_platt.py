@@ -90,8 +90,12 @@ class OnlinePlatt:
         a_max: float = 100.0,
         b_max: float = 20.0,
         start: tuple[float, float] = (1.0, 0.0),
+        memory: float | None = None,
     ) -> None:
         self._gamma = check_positive("gamma", gamma)
+        self._memory = None if memory is None else check_positive("memory", memory)
+        if self._memory is not None and self._memory < 1.0:
+            raise ConfigError(f"memory must be >= 1 event or None; got {memory!r}")
         self._rho = check_positive("rho", rho)
         self._a_min = check_positive("a_min", a_min)
         self._a_max = check_positive("a_max", a_max)
@@ -122,9 +126,13 @@ class OnlinePlatt:
         """Labelled events seen."""
         return self._n
 
-    def config(self) -> dict[str, float]:
-        """The hyper-parameters, as the constructor takes them."""
-        return {k: getattr(self, "_" + k) for k in _CONFIG_KEYS}
+    def config(self) -> dict[str, Any]:
+        """The hyper-parameters, as the constructor takes them (``memory`` only when set:
+        states written before it existed stay equal)."""
+        out: dict[str, Any] = {k: getattr(self, "_" + k) for k in _CONFIG_KEYS}
+        if self._memory is not None:
+            out["memory"] = self._memory
+        return out
 
     def calibrator(self) -> PlattCalibrator:
         """The current map as a servable ``platt`` calibrator."""
@@ -158,9 +166,19 @@ class OnlinePlatt:
         """One ONS round from the round's loss gradient ``(g_a, g_b)`` at the current
         ``(a, b)`` (``update`` is this with ``(r z, r)``; ``OnlineContextual`` drives its
         context-free block with it). The caller has checked that both are finite."""
-        aa = self._aa + g_a * g_a
-        ab = self._ab + g_a * g_b
-        bb = self._bb + g_b * g_b
+        aa, ab, bb = self._aa, self._ab, self._bb
+        if self._memory is not None:
+            # Forget the data part of A (not the rho prior) with weight 1 - 1 / memory per
+            # event: A stays ~ memory x the Fisher information, so the step no longer
+            # shrinks like 1 / t and the map keeps tracking a slow change.
+            lam = 1.0 - 1.0 / self._memory
+            rho = self._rho
+            aa = rho + lam * (aa - rho)
+            ab = lam * ab
+            bb = rho + lam * (bb - rho)
+        aa += g_a * g_a
+        ab += g_a * g_b
+        bb += g_b * g_b
         det = aa * bb - ab * ab
         # A^-1 g by the 2x2 inverse; det >= rho^2 > 0 since A >= rho * I.
         step_a = (bb * g_a - ab * g_b) / (det * self._gamma)
@@ -194,7 +212,7 @@ class OnlinePlatt:
         try:
             if data.get("v") != 1:
                 raise ValueError(f"unsupported online platt state version {data.get('v')!r}")
-            out = cls(**{k: data[k] for k in _CONFIG_KEYS})
+            out = cls(**{k: data[k] for k in _CONFIG_KEYS}, memory=data.get("memory"))
             a, b, n = data["a"], data["b"], data["n"]
             aa, ab, bb = data["A"]
             if not all(is_real(v) for v in (a, b, aa, ab, bb)):

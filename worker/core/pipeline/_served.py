@@ -9,24 +9,37 @@ DESIGN §3 formulas, and are checked against ``calibrator_from_dict(msg).apply``
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from worker.core.calibrators import calibrator_from_dict
+from worker.core.calibrators import ContextualCalibrator, calibrator_from_dict
 from worker.core.mathfn import sigmoid
-
-# (score, clamped logit) -> calibrated probability
-ServeFn = Callable[[float, float], float]
+from worker.core.records.impression import Impression
 
 
-def _identity(score: float, z: float) -> float:
+class ServeFn(Protocol):
+    """(score, clamped logit, the impression) -> calibrated probability; only a
+    ``contextual`` map reads the impression (its serving context; None: context-free)."""
+
+    def __call__(self, score: float, z: float, imp: Impression | None = None) -> float: ...
+
+
+def _identity(score: float, z: float, imp: Impression | None = None) -> float:
     return score
+
+
+def _contextual(cal: ContextualCalibrator) -> ServeFn:
+    def serve(score: float, z: float, imp: Impression | None = None) -> float:
+        a, b = cal.slope_intercept(None if imp is None else imp.serving_context())
+        return sigmoid(a * z + b)
+
+    return serve
 
 
 def _isotonic(xs: list[float], ys: list[float]) -> ServeFn:
     n = len(xs)
 
-    def serve(score: float, z: float) -> float:
+    def serve(score: float, z: float, imp: Impression | None = None) -> float:
         # np.interp semantics: clipped to the end values outside [x0, x_last].
         if score <= xs[0]:
             return ys[0]
@@ -56,11 +69,13 @@ def serve_fn(msg: Mapping[str, Any] | None) -> ServeFn:
         return _identity
     if cal.method == "temperature":
         inv_t = 1.0 / float(params["temperature"])
-        return lambda score, z: sigmoid(z * inv_t)
+        return lambda score, z, imp=None: sigmoid(z * inv_t)
     if cal.method == "platt":
         a = float(params["a"])
         b = float(params["b"])
-        return lambda score, z: sigmoid(a * z + b)
+        return lambda score, z, imp=None: sigmoid(a * z + b)
+    if isinstance(cal, ContextualCalibrator):
+        return _contextual(cal)
     return _isotonic([float(v) for v in params["x"]], [float(v) for v in params["y"]])
 
 

@@ -291,7 +291,7 @@ class FeedbackStage:
         model = self._model(imp.model_id)
         z = clamp_logit(imp.logit)
         seg_key = SEGMENT_PREFIX + imp.segment
-        p = model.serve_for(model.served_scope(seg_key))(imp.score, z)
+        p = model.serve_for(model.served_scope(seg_key))(imp.score, z, imp)
         model.arrivals.count_impression(p, imp.ts)
         if self._shift(imp.model_id, GLOBAL, model.scopes[GLOBAL], z, imp.ts, created_at, out):
             # The model's scores moved: every segment's reference is stale too, including
@@ -345,7 +345,9 @@ class FeedbackStage:
         z = clamp_logit(imp.logit)
         seg_key = SEGMENT_PREFIX + imp.segment
         served = model.served_scope(seg_key)
-        p = model.serve_for(served)(imp.score, z)
+        # The served probability in the impression's context (a contextual version's
+        # daily pattern is then part of the detectors' null, not an alarm every morning).
+        p = model.serve_for(served)(imp.score, z, imp)
         qhat = None if served is None else model.qhat.get(served)
         refit: list[str] = []
 
@@ -409,7 +411,7 @@ class FeedbackStage:
             z = clamp_logit(imp.logit)
             seg_key = SEGMENT_PREFIX + imp.segment
             served = model.served_scope(seg_key)
-            p = model.serve_for(served)(imp.score, z)
+            p = model.serve_for(served)(imp.score, z, imp)
         else:
             z, seg_key, served, p = serving
         holdout = self._policy.is_holdout(imp.impression_id)

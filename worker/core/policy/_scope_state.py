@@ -69,8 +69,11 @@ class ScopeState:
         self.learner_from_ts: int | None = None
         self.learner_to_ts: int | None = None
         self.sketch = LogitHistogram(half_life_ms=config.half_life_ms)
-        self.train = EventRing(config.train_buffer)
-        self.holdout = EventRing(config.holdout_capacity)
+        # With a contextual learner the rings keep each event's context, so its maps are
+        # scored in context on the same events as every context-free candidate.
+        fields = config.context_fields if config.online_method == "contextual" else None
+        self.train = EventRing(config.train_buffer, fields)
+        self.holdout = EventRing(config.holdout_capacity, fields)
         self.current: dict[str, Any] | None = None
         self.follow = False
         self.parametric: dict[str, Any] = {"method": "identity", "params": {}}
@@ -98,12 +101,12 @@ class ScopeState:
         return self.current is not None and not self.follow
 
     def add(self, z: float, y: int, ts: int, seq: int, holdout: bool, seg: int = 0,
-            sketch: bool = True) -> None:
+            sketch: bool = True, impression: object = None) -> None:
         self.n_events += 1
         if holdout:
-            self.holdout.append(z, y, ts, seq, seg)
+            self.holdout.append(z, y, ts, seq, seg, impression)
         else:
-            self.train.append(z, y, ts, seq, seg)
+            self.train.append(z, y, ts, seq, seg, impression)
             if sketch:
                 # Trusted: the policy hands in a clamped float logit, an int label and time.
                 self.sketch.count_trusted(z, y, ts)
@@ -127,6 +130,18 @@ class ScopeState:
         self.learner = new_learner(config, start)
         self.learner_n = self.learner_positives = 0
         self.learner_from_ts = self.learner_to_ts = None
+
+    def rescale_learner(self, alpha: float, beta: float) -> bool:
+        """After a change refitted a contextual map as ``sigmoid(alpha * eta + beta)`` of
+        its logit: the learner continues from that map, keeping its context weights
+        (``OnlineContextual.rescale``); False when the learner cannot (then ``reseed``)."""
+        rescale = getattr(self.learner, "rescale", None)
+        if rescale is None:
+            return False
+        rescale(alpha, beta)
+        self.learner_n = self.learner_positives = 0
+        self.learner_from_ts = self.learner_to_ts = None
+        return True
 
     def learner_training(self) -> dict[str, Any]:
         """The ``training`` block of a version the learner wins."""

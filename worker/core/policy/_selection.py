@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from worker.core.calibrators import Calibrator
+from worker.core.calibrators import Calibrator, ContextColumns, ContextualCalibrator
 from worker.core.metrics import calibration_metrics
 
 FloatArray = NDArray[np.float64]
@@ -52,16 +52,25 @@ def log_losses(p: FloatArray, y: FloatArray) -> FloatArray:
     return out
 
 
-def score(cal: Calibrator, z: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """``(p, per-event log loss)`` of ``cal`` on holdout logits ``z`` and labels ``y``."""
-    p = np.asarray(cal.apply_logit(z), dtype=np.float64)
+def score(
+    cal: Calibrator, z: FloatArray, y: FloatArray, ctx: ContextColumns | None = None
+) -> tuple[FloatArray, FloatArray]:
+    """``(p, per-event log loss)`` of ``cal`` on holdout logits ``z`` and labels ``y``; a
+    ``contextual`` map in each event's context ``ctx`` (None: the rings keep no context,
+    and it is scored at the average context, its context-free map)."""
+    if ctx is not None and isinstance(cal, ContextualCalibrator):
+        p = cal.apply_columns(z, ctx)
+    else:
+        p = np.asarray(cal.apply_logit(z), dtype=np.float64)
     return p, log_losses(p, y)
 
 
-def score_all(cands: list[Candidate], z: FloatArray, y: FloatArray) -> list[Scored]:
+def score_all(
+    cands: list[Candidate], z: FloatArray, y: FloatArray, ctx: ContextColumns | None = None
+) -> list[Scored]:
     out = []
     for c in cands:
-        p, losses = score(c.calibrator, z, y)
+        p, losses = score(c.calibrator, z, y, ctx)
         out.append(Scored(c, p, losses))
     return out
 

@@ -6,12 +6,14 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from worker.core.calibrators.context_features import check_edges, check_fields
+from worker.core.calibrators.contextual import MAX_HARMONICS
 from worker.core.checks import check_int, check_positive
 from worker.core.errors import ConfigError
 
 _METHODS = ("temperature", "platt", "isotonic")
 # Online learners the policy can hold (``online_learner``'s registry has their code).
-ONLINE_METHODS = ("platt",)
+ONLINE_METHODS = ("platt", "contextual")
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,11 @@ class PolicyConfig:
     and the baseline to beat):
 
     - ``online_method``: the learner each global and segment scope keeps, fed every matured
-      training label of the scope, its current map a candidate at every refit (``"platt"``:
-      ``OnlinePlatt``, published as a ``platt`` version; None: no learner).
+      training label of the scope, its current map a candidate at every refit
+      (``"contextual"``: ``OnlineContextual``, published as a ``contextual`` version whose
+      slope and intercept depend on the hour of day, the position, the segment and the
+      ``context_fields``; ``"platt"``: ``OnlinePlatt``, recal without context, published
+      as a ``platt`` version; None: no learner).
     - ``online_z``: the learner's map is published when it beats the served map and
       identity under the publication test; besides, at each refit it may replace the
       served map when it is not significantly worse than the served map and beats
@@ -112,9 +117,26 @@ class PolicyConfig:
       (a wandering 0.53-0.73 around 0.625 20k events after a change) failed the drift
       stream's criterion (ECE 0.0124 > 0.0108); 0.3 gave 0.0111 there and, on the realistic
       stream (seed 1), ECE 0.0013 against 0.0023; 1.0 was worse on both.
+    - ``online_memory``: the learner forgets the curvature of its slope and intercept with
+      weight ``1 - 1 / online_memory`` per label (None: never; see ``OnlinePlatt``), so its
+      steps stop shrinking like ``1 / t`` and it keeps following a slow change or a
+      retrained model days into a stream.
     - ``online_a_min``, ``online_a_max``, ``online_b_max``: its projection box, slope ``a``
       in ``[online_a_min, online_a_max]`` (``online_a_min > 0``: the map is always
       increasing) and intercept ``|b| <= online_b_max``.
+
+    Context (``online_method = "contextual"``; see ``OnlineContextual`` for the measurements
+    behind its defaults):
+
+    - ``context_fields``: the impression ``context`` fields the contextual learner reads
+      and the holdout rings keep (the decoder's ``context_fields``: the worker sets both
+      from one setting).
+    - ``context_hour_harmonics``: pairs of daily harmonics of the UTC hour (0: no hour).
+    - ``context_position_edges``: position buckets (the first edge >= position; empty: no
+      position).
+    - ``context_w_rho``, ``context_shrinkage``: the context weights' prior (``A_w = w_rho
+      I`` at the start: larger is slower to learn a pattern) and their L2 penalty per
+      event toward the context-free map.
 
     ``drift_pending_refits``: after ``request_refit`` found too little evidence to publish,
     that many following scheduled refits still run in drift mode (and say ``drift``).
@@ -163,16 +185,41 @@ class PolicyConfig:
     gate_min_negatives: int = 10
     drift_pending_refits: int = 5
     drift_prior_strength: float = 500.0
-    online_method: str | None = "platt"
+    online_method: str | None = "contextual"
     online_z: float = 2.0
     online_gamma: float = 0.3
     online_rho: float = 100.0
     online_a_min: float = 0.01
     online_a_max: float = 100.0
     online_b_max: float = 20.0
+    online_memory: float | None = None
+    context_fields: tuple[str, ...] = ()
+    context_hour_harmonics: int = 3
+    context_position_edges: tuple[int, ...] = (0, 1, 2, 4, 9)
+    context_w_rho: float = 3000.0
+    context_shrinkage: float = 1e-4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "context_fields",
+                           check_fields("context_fields", self.context_fields))
+        object.__setattr__(self, "context_position_edges",
+                           check_edges("context_position_edges", self.context_position_edges))
+        check_int("context_hour_harmonics", self.context_hour_harmonics, 0)
+        if self.context_hour_harmonics > MAX_HARMONICS:
+            raise ConfigError(f"context_hour_harmonics must be <= {MAX_HARMONICS}; "
+                              f"got {self.context_hour_harmonics!r}")
+        check_positive("context_w_rho", self.context_w_rho)
+        if self.online_memory is not None and not (
+            _number(self.online_memory) and self.online_memory >= 1.0
+        ):
+            raise ConfigError(
+                f"online_memory must be a number >= 1 or None; got {self.online_memory!r}"
+            )
+        if not (_number(self.context_shrinkage) and self.context_shrinkage >= 0):
+            raise ConfigError(
+                f"context_shrinkage must be a number >= 0; got {self.context_shrinkage!r}"
+            )
         for name in (
             "recalibrate_every",
             "holdout_capacity",
@@ -256,6 +303,8 @@ class PolicyConfig:
         """JSON-ready knobs (``methods`` as a list)."""
         out = asdict(self)
         out["methods"] = list(self.methods)
+        out["context_fields"] = list(self.context_fields)
+        out["context_position_edges"] = list(self.context_position_edges)
         return out
 
     @classmethod
@@ -266,8 +315,9 @@ class PolicyConfig:
         if unknown:
             raise ConfigError(f"unknown policy settings: {unknown}")
         kwargs = dict(data)
-        if "methods" in kwargs:
-            kwargs["methods"] = tuple(kwargs["methods"])
+        for name in ("methods", "context_fields", "context_position_edges"):
+            if name in kwargs:
+                kwargs[name] = tuple(kwargs[name])
         return cls(**kwargs)
 
 

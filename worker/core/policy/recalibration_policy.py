@@ -14,6 +14,8 @@ from numpy.typing import NDArray
 
 from worker.core.calibrators import (
     Calibrator,
+    ContextColumns,
+    ContextualCalibrator,
     EligibilityGate,
     HierarchicalShrinkage,
     IdentityCalibrator,
@@ -59,6 +61,10 @@ _FITTED = ("temperature", "platt", "isotonic")
 # Free parameters, roughly: the order in which _pick prefers candidates of equal merit.
 _COMPLEXITY = {"identity": 0, "fallback": 0, "temperature": 1, "platt": 2, "online": 2,
                "isotonic": 3}
+_DAY_MS = 86_400_000
+# The online learner's "not worse than served" test looks at the newest 1 / this of the
+# holdout (see _follows_online).
+_RECENT_SHARE = 4
 _EMPTY_TRAINING: dict[str, Any] = {"n": 0, "positives": 0, "from_ts": None, "to_ts": None}
 
 
@@ -429,10 +435,10 @@ class RecalibrationPolicy:
             holdout = self.is_holdout(imp.impression_id)
         seg_key = SEGMENT_PREFIX + imp.segment
         seg_state = model.scope(seg_key)
-        seg_state.add(z, y, ts, seq, holdout)
+        seg_state.add(z, y, ts, seq, holdout, impression=imp)
         # The global sketch is the merge of segment sketches (see global_sketch).
         g = model.scopes[GLOBAL]
-        g.add(z, y, ts, seq, holdout, model.seg_codes[seg_key], sketch=False)
+        g.add(z, y, ts, seq, holdout, model.seg_codes[seg_key], sketch=False, impression=imp)
         if not holdout and g.learner is not None:
             # Training labels only: the holdout then scores the learners out of sample. The
             # global learner, like the global fits, learns from the segments it serves.
@@ -539,7 +545,7 @@ class RecalibrationPolicy:
             # with its offset from the old global carried over (``residual``): a small
             # segment (new users) would otherwise lose its own correction for weeks,
             # waiting for enough new-regime events to refit it.
-            if state.covered and self._survives(state, g.regime_seq):
+            if state.covered and self._survives(model, key, state, g.regime_seq):
                 state.survived_regime = g.regime_seq
                 continue
             if state.covered:
@@ -559,7 +565,7 @@ class RecalibrationPolicy:
         out += self._sync_users(model_id, model, created_at, g_drift)
         return out
 
-    def _survives(self, state: ScopeState, change_seq: int) -> bool:
+    def _survives(self, model: _Model, key: str, state: ScopeState, change_seq: int) -> bool:
         """Whether a segment's own version still fits its events since ``change_seq``: the
         change test of ``_change_path`` at the lenient ``drift_alpha`` finds nothing, on
         at least a quarter window of events."""
@@ -568,8 +574,9 @@ class RecalibrationPolicy:
         z, y, _, _ = state.train.arrays(since_seq=change_seq)
         if z.size < max(cfg.recent_window // 4, 2) or not self._enough_labels(y):
             return False
+        ctx = self._context(model, key, state.train, change_seq, None)
         served = calibrator_from_dict(state.current)
-        _, l_served = score(served, z, y)
+        _, l_served = score(served, z, y, ctx)
         _, l_refit = score(PlattCalibrator.fit(z, y), z, y)
         return 2.0 * float((l_served - l_refit).sum()) <= -2.0 * math.log(cfg.drift_alpha)
 
@@ -645,24 +652,28 @@ class RecalibrationPolicy:
         segs = model.global_segs() if is_global else None
         if has_served_version:
             anchor = self._anchor(key, state, served, parent)
-            change = self._change_path(key, state, segs, anchor, fallback, served, drift)
+            change = self._change_path(model, key, state, segs, anchor, fallback, served,
+                                       drift)
             if change is not None:
-                cand, change_seq = change
+                cand, change_seq, residual = change
                 ez, ey, _, _ = state.holdout.arrays(since_seq=change_seq, segs=segs)
+                ectx = self._context(model, key, state.holdout, change_seq, segs)
                 msg = self._publish(model_id, model, key, state, cand, served, ez, ey, drift,
-                                    created_at, None)
+                                    created_at, None, ectx)
                 state.restart(change_seq, cfg.half_life_ms)
                 state.version_regime = state.regime_seq
                 # The regime's later fits stay shrunk toward the map served at the change
                 # (their prior's weight fades as the regime's events grow), and its online
                 # learner starts again from the new version.
                 state.anchor = anchor.to_dict()
-                state.reseed(cfg, affine_of(_cal_dict(msg)) or (1.0, 0.0))
+                if residual is None or not state.rescale_learner(*residual):
+                    state.reseed(cfg, affine_of(_cal_dict(msg)) or (1.0, 0.0))
                 return msg
 
         hz, hy, _, _ = state.holdout.arrays(since_seq=state.regime_seq, segs=segs)
         if hz.size == 0:
             return None
+        hctx = self._context(model, key, state.holdout, state.regime_seq, segs)
         hist = model.global_sketch() if is_global else state.sketch
         anchor_cal = None
         if is_global and state.anchor is not None:
@@ -672,12 +683,13 @@ class RecalibrationPolicy:
         if online is not None:
             cands.append(online)
         long_scored = score_all(
-            [cd for cd in cands if cd.calibrator != served or cd.name == "identity"], hz, hy
+            [cd for cd in cands if cd.calibrator != served or cd.name == "identity"], hz, hy,
+            hctx,
         )
         if not long_scored:
             return None
         best = self._pick(long_scored, hy)
-        served_p, served_losses = score(served, hz, hy)
+        served_p, served_losses = score(served, hz, hy, hctx)
         _, identity_losses = score(_IDENTITY, hz, hy)
         publish = self._passes(best, served_losses, identity_losses, cfg.min_n_eval)
         fitted = [sc for sc in long_scored if sc.candidate.name in _FITTED]
@@ -712,7 +724,29 @@ class RecalibrationPolicy:
         if not publish:
             return None
         return self._publish(model_id, model, key, state, best.candidate, served, hz, hy,
-                             drift, created_at, long_scored)
+                             drift, created_at, long_scored, hctx)
+
+    @staticmethod
+    def _context(
+        model: _Model,
+        key: str,
+        ring: Any,
+        since_seq: int | None,
+        segs: NDArray[np.int64] | None,
+    ) -> ContextColumns | None:
+        """The context of the events ``ring.arrays(since_seq, segs)`` gives (None when the
+        rings keep none): a ``contextual`` map is scored in it, every other one ignores it.
+        The segment comes from the ring's segment codes (a segment's own rings hold 0)."""
+        if not ring.has_context:
+            return None
+        if key == GLOBAL:
+            vocab = [""] * len(model.seg_codes)
+            for name, code in model.seg_codes.items():
+                vocab[code] = name[len(SEGMENT_PREFIX):]
+        else:
+            vocab = [key[len(SEGMENT_PREFIX):]]
+        out: ContextColumns | None = ring.context(since_seq, segs, vocab)
+        return out
 
     def _beats_identity(self, sc: Scored, identity_losses: FloatArray, min_n: int) -> bool:
         """Whether ``sc`` is identity itself or beats it beyond noise on the holdout."""
@@ -762,7 +796,11 @@ class RecalibrationPolicy:
         cfg = self._cfg
         if served_losses.size < cfg.min_n_eval:
             return False
-        mean, se = improvement(served_losses, sc.losses)
+        # "Not worse than the served map" on the newest quarter of the holdout: the learner
+        # tracks, and a map that has followed a change (a retrained model) is worse than
+        # the served one on a holdout of days before it; the identity test keeps the whole.
+        recent = -max(cfg.min_n_eval, served_losses.size // _RECENT_SHARE)
+        mean, se = improvement(served_losses[recent:], sc.losses[recent:])
         moved = float(np.abs(sc.p - served_p).max()) >= _REFINE_MIN_SHIFT
         return mean > -cfg.z * se and moved and beats(
             identity_losses, sc.losses, cfg.online_z, cfg.min_n_eval, 0.0
@@ -843,6 +881,7 @@ class RecalibrationPolicy:
 
     def _change_path(
         self,
+        model: _Model,
         key: str,
         state: ScopeState,
         segs: NDArray[np.int64] | None,
@@ -850,9 +889,9 @@ class RecalibrationPolicy:
         fallback: Calibrator | None,
         served: Calibrator,
         drift: bool,
-    ) -> tuple[Candidate, int] | None:
-        """``(calibrator, change seq)`` when the newest training events show that the served
-        calibrator no longer fits, else None.
+    ) -> tuple[Candidate, int, tuple[float, float] | None] | None:
+        """``(calibrator, change seq, residual)`` when the newest training events show that
+        the served calibrator no longer fits, else None.
 
         Test: the likelihood ratio of a Platt refit on the newest ``recent_window`` training
         events of the regime against the served calibrator on the same events,
@@ -889,24 +928,44 @@ class RecalibrationPolicy:
         served calibrator and identity beyond noise on the holdout events since the change
         (``_passes``, at least ``min_refine_eval`` of them); with fewer, nothing yet (the
         next refit looks again, with more events).
+
+        A **contextual** served map (global scope): the test, the change point and the fits
+        run on its logit in each event's context, ``eta = a(x) z + b(x)``, against identity
+        on ``eta`` (the served map itself), and a fit ``sigmoid(alpha eta + beta)`` is again
+        a contextual map (``ContextualCalibrator.rescaled``): the change moves its level and
+        spread and keeps its learnt daily and positional pattern, which a context-free
+        post-change fit would throw away (and which, on the realistic stream, made every
+        context-free candidate lose to the served map on the holdout). ``residual`` is
+        then ``(alpha, beta)``, for the learner to continue from (None otherwise).
         """
         cfg = self._cfg
         az, ay, ats, aseq = state.train.arrays(since_seq=state.regime_seq, segs=segs)
         k = min(cfg.recent_window, az.size)
         if k < max(cfg.recent_window // 4, 2):
             return None
-        tz, ty = az[-k:], ay[-k:]
-        if not self._enough_labels(ty):
+        if not self._enough_labels(ay[-k:]):
             return None
+        actx = self._context(model, key, state.train, state.regime_seq, segs)
+        base: ContextualCalibrator | None = None
+        if isinstance(served, ContextualCalibrator) and actx is not None and key == GLOBAL and (
+            _spans_a_day(state.current)
+        ):
+            base = served
+            az = base.logit_columns(az, actx)
+            served = anchor = _IDENTITY
+            fallback = None
+            actx = None
+        tz, ty = az[-k:], ay[-k:]
+        tctx = None if actx is None else actx.select(np.arange(az.size - k, az.size))
         refit = PlattCalibrator.fit(tz, ty)
-        _, l_served = score(served, tz, ty)
+        _, l_served = score(served, tz, ty, tctx)
         _, l_refit = score(refit, tz, ty)
         stat = 2.0 * float((l_served - l_refit).sum())
         alpha = cfg.drift_alpha if drift else cfg.change_alpha
         if not stat > -2.0 * math.log(alpha):
             return None
         min_post = max(cfg.recent_window // 4, cfg.min_positives + cfg.min_negatives)
-        c = _change_point(served, az, ay, min_post)
+        c = _change_point(served, az, ay, min_post, actx)
         pz, py, pts = az[c:], ay[c:], ats[c:]
         if not self._enough_labels(py):
             c = az.size - k
@@ -924,11 +983,22 @@ class RecalibrationPolicy:
         ez, ey, _, _ = state.holdout.arrays(since_seq=change_seq, segs=segs)
         if ez.size < cfg.min_refine_eval:
             return None
-        _, e_served = score(served, ez, ey)
+        ectx = self._context(model, key, state.holdout, change_seq, segs)
+        # Doing nothing is the raw score, whatever space the fits run in.
         _, e_identity = score(_IDENTITY, ez, ey)
-        for sc in score_all(cands, ez, ey):
+        if base is not None and ectx is not None:
+            ez, ectx = base.logit_columns(ez, ectx), None
+        _, e_served = score(served, ez, ey, ectx)
+        for sc in score_all(cands, ez, ey, ectx):
             if self._passes(sc, e_served, e_identity, cfg.min_refine_eval):
-                return sc.candidate, change_seq
+                if base is None:
+                    return sc.candidate, change_seq, None
+                residual = affine_of(sc.candidate.calibrator.to_dict())
+                if residual is None or not residual[0] > 0.0:
+                    continue
+                cand = Candidate(sc.candidate.name, base.rescaled(*residual),
+                                 sc.candidate.training)
+                return cand, change_seq, residual
         return None
 
     def _drift_candidates(
@@ -1053,9 +1123,10 @@ class RecalibrationPolicy:
         drift: bool,
         created_at: str,
         scored: list[Scored] | None,
+        ctx: ContextColumns | None = None,
     ) -> dict[str, Any]:
-        p_before, _ = score(served, ez, ey)
-        p_after, _ = score(cand.calibrator, ez, ey)
+        p_before, _ = score(served, ez, ey, ctx)
+        p_after, _ = score(cand.calibrator, ez, ey, ctx)
         reason = "bootstrap" if state.version == 0 else ("drift" if drift else "scheduled")
         state.version += 1
         msg = _message(model_id, key, state.version, cand.calibrator, model.watermark,
@@ -1088,6 +1159,9 @@ class RecalibrationPolicy:
     ) -> dict[str, Any]:
         if cand.calibrator.method in _PARAMETRIC:
             return cand.calibrator.to_dict()
+        if isinstance(cand.calibrator, ContextualCalibrator) and not scored:
+            # A change path's rescaled contextual map: its map at the average context.
+            return cand.calibrator.context_free().to_dict()
         pool = [s for s in (scored or []) if s.candidate.calibrator.method in _PARAMETRIC]
         if not pool:
             return {"method": "identity", "params": {}}
@@ -1114,8 +1188,9 @@ class RecalibrationPolicy:
         cal = calibrator_from_dict(target)
         before = calibrator_from_dict(state.current) if state.current is not None else _IDENTITY
         ez, ey, _, _ = state.holdout.arrays(since_seq=state.regime_seq)
-        p_before, _ = score(before, ez, ey)
-        p_after, _ = score(cal, ez, ey)
+        ctx = self._context(model, key, state.holdout, state.regime_seq, None)
+        p_before, _ = score(before, ez, ey, ctx)
+        p_after, _ = score(cal, ez, ey, ctx)
         state.version += 1
         metrics = metrics_block(p_before, p_after, ey, self._cfg.n_bins)
         msg = _message(model_id, key, state.version, cal, model.watermark, created_at,
@@ -1502,7 +1577,13 @@ def _bic(cand: Candidate, z: FloatArray, y: FloatArray, prior: float | None) -> 
     return k * math.log(n) + 2.0 * float(losses.sum())
 
 
-def _change_point(served: Calibrator, z: FloatArray, y: FloatArray, min_post: int) -> int:
+def _change_point(
+    served: Calibrator,
+    z: FloatArray,
+    y: FloatArray,
+    min_post: int,
+    ctx: ContextColumns | None = None,
+) -> int:
     """The index ``c`` (leaving at least ``min_post`` events after it) that maximises the
     profile likelihood of "served calibrator before ``c``, a Platt fit of its own after":
     ``-sum(loss_served[:c]) - sum(loss_platt_c[c:])``, on a grid, then refined around the
@@ -1515,7 +1596,7 @@ def _change_point(served: Calibrator, z: FloatArray, y: FloatArray, min_post: in
     20 % off at the change where one fit is served for the longest).
     """
     last = max(0, z.size - min_post)
-    _, l_served = score(served, z, y)
+    _, l_served = score(served, z, y, ctx)
     prefix = np.concatenate(([0.0], np.cumsum(l_served)))
 
     costs: dict[int, float] = {}
@@ -1586,6 +1667,17 @@ def _affine_stand_in(state: ScopeState) -> dict[str, Any]:
     """The scope's served calibrator when it is logit-affine, else its parametric stand-in."""
     cal = _cal_dict(state.current)
     return cal if affine_of(cal) is not None else dict(state.parametric)
+
+
+def _spans_a_day(msg: dict[str, Any] | None) -> bool:
+    """Whether a version's training events span a whole day of impression time: only then
+    has a contextual map seen every hour, and a departure from it is a change rather than
+    an hour it has not learnt yet (the first day's evening looks like a change to a map
+    learnt on its morning)."""
+    if msg is None:
+        return False
+    lo, hi = msg["training"].get("from_ts"), msg["training"].get("to_ts")
+    return lo is not None and hi is not None and int(hi) - int(lo) >= _DAY_MS
 
 
 def _same_calibrator(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:

@@ -26,7 +26,7 @@ from tests.unit.core.pipeline.streams import (
     joined_events,
     make_stream,
 )
-from worker.core.calibrators import calibrator_from_dict
+from worker.core.calibrators import ContextualCalibrator, calibrator_from_dict
 from worker.core.errors import ConfigError, InvalidInputError, StateError
 from worker.core.join.attribution_join import AttributionJoin
 from worker.core.mathfn import clamp_logit
@@ -339,8 +339,11 @@ def test_served_probability_coverage_and_ece_match_a_batch_reference() -> None:
     def detect(fb: Feedback) -> None:
         seg = fb.impression.segment
         msg = versions.get("segment:" + seg, versions.get("global"))
-        p = fb.impression.score if msg is None else float(
-            calibrator_from_dict(msg).apply(fb.impression.score))
+        cal = None if msg is None else calibrator_from_dict(msg)
+        # A contextual version serves each impression in its own context.
+        p = fb.impression.score if cal is None else float(
+            cal.apply(fb.impression.score, fb.impression.serving_context())
+            if isinstance(cal, ContextualCalibrator) else cal.apply(fb.impression.score))
         q = None if msg is None else msg["conformal"]["qhat"]
         ref[seg].append((p, fb.label, q))
 
@@ -438,6 +441,29 @@ def test_fast_served_map_equals_the_calibrator(msg: dict[str, Any] | None) -> No
     for s in scores:
         z = clamp_logit(math.log(max(s, 1e-300) / max(1.0 - s, 1e-300)))
         assert fn(float(s), z) == pytest.approx(float(cal.apply(float(s))), abs=1e-12)
+
+
+def test_a_contextual_version_is_served_in_the_impression_s_context() -> None:
+    msg = {"method": "contextual", "params": {"a": 0.8, "b": -0.2, "features": [
+        {"kind": "hour", "harmonics": 1, "w_a": [0.3, -0.4], "w_b": [0.1, 0.2]},
+        {"kind": "position", "edges": [0, 3], "w_a": [0.2, 0.0, -0.1],
+         "w_b": [0.3, 0.0, -0.2]},
+        {"kind": "category", "field": "device", "values": ["tv"], "w_a": [0.1, 0.0],
+         "w_b": [-0.4, 0.0]}]}}
+    fn = served_module.serve_fn(msg)
+    cal = calibrator_from_dict(msg)
+    assert isinstance(cal, ContextualCalibrator)
+    rng = np.random.default_rng(1)
+    for i in range(300):
+        s = float(rng.random())
+        z = clamp_logit(math.log(max(s, 1e-300) / max(1.0 - s, 1e-300)))
+        imp = Impression(f"i{i}", "u", "it", int(rng.integers(0, 10**10)), "m", s, z, "web",
+                         None, None if i % 4 == 0 else int(rng.integers(0, 8)),
+                         {"device": "tv"} if i % 3 == 0 else None)
+        assert fn(s, z, imp) == pytest.approx(
+            float(cal.apply(s, imp.serving_context())), abs=1e-12)
+        # Without an impression: the map at the average context, as the calibrator's.
+        assert fn(s, z) == pytest.approx(float(cal.apply(s)), abs=1e-12)
 
 
 # ---------------------------------------------------------------------- (g) state

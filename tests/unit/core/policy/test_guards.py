@@ -179,7 +179,8 @@ def test_the_online_learner_s_map_is_published_as_a_platt_version() -> None:
     as an ordinary ``platt`` version whose params are the learner's at that refit and
     whose ``training`` is the learner's labels."""
     events = make_events(30_000, 6, temperature=1.6, gap_ms=10_000)
-    policy = RecalibrationPolicy(PolicyConfig(recalibrate_every=1000, methods=("isotonic",)))
+    policy = RecalibrationPolicy(PolicyConfig(recalibrate_every=1000, methods=("isotonic",),
+                                              online_method="platt"))
     msgs = run(policy, events)
     online = [m for m in msgs if m["scope"] == "global" and m["method"] == "platt"]
     assert online, [(m["method"], m["reason"]) for m in msgs if m["scope"] == "global"]
@@ -189,15 +190,17 @@ def test_the_online_learner_s_map_is_published_as_a_platt_version() -> None:
     assert 0.7 * 30_000 * 0.2 < last["training"]["n"] < 30_000
 
 
-def test_the_learner_is_part_of_the_policy_state() -> None:
+@pytest.mark.parametrize("method", ["platt", "contextual"])
+def test_the_learner_is_part_of_the_policy_state(method: str) -> None:
     events = make_events(6_000, 7, temperature=1.4)
     fbs = list(events.feedback())
-    a = RecalibrationPolicy(PolicyConfig(recalibrate_every=700))
+    a = RecalibrationPolicy(PolicyConfig(recalibrate_every=700, online_method=method))
     for fb in fbs[:3_000]:
         a.update(fb, created_at=CREATED_AT)
     state = a.to_dict()
     learner = state["shared"]["models"]["m"]["scopes"]["global"]["learner"]
-    assert learner["n"] > 0 and learner["state"]["n"] == learner["n"]
+    seen = learner["state"]["n"] if method == "platt" else learner["state"]["platt"]["n"]
+    assert learner["n"] > 0 and seen == learner["n"]
     b = RecalibrationPolicy.from_dict(state)
     out_a = [m for fb in fbs[3_000:] for m in a.update(fb, created_at=CREATED_AT)]
     out_b = [m for fb in fbs[3_000:] for m in b.update(fb, created_at=CREATED_AT)]
@@ -214,7 +217,7 @@ def test_a_policy_without_a_learner_keeps_none() -> None:
 
 
 def test_learner_slot_factory_and_config() -> None:
-    learner = new_learner(PolicyConfig(online_a_min=0.5), (0.1, 30.0))
+    learner = new_learner(PolicyConfig(online_a_min=0.5, online_method="platt"), (0.1, 30.0))
     assert learner is not None
     # The start is projected onto the box: a >= a_min, |b| <= b_max.
     assert learner.calibrator().params() == {"a": 0.5, "b": 20.0}
@@ -228,7 +231,7 @@ def test_learner_slot_factory_and_config() -> None:
     with pytest.raises(ConfigError, match="drift_prior_strength"):
         PolicyConfig(drift_prior_strength=0.0)
     # The policy's learner is built from the policy's knobs.
-    cfg = PolicyConfig(online_gamma=0.7, online_rho=5.0)
+    cfg = PolicyConfig(online_gamma=0.7, online_rho=5.0, online_method="platt")
     made = new_learner(cfg, (1.0, 0.0))
     assert isinstance(made, OnlinePlatt)
     assert math.isclose(made.config()["gamma"], 0.7) and math.isclose(made.config()["rho"], 5.0)

@@ -79,7 +79,37 @@ def increasing(m: dict[str, Any]) -> bool:
         return math.isfinite(prm["a"]) and math.isfinite(prm["b"]) and prm["a"] > 0.0
     if m["method"] == "isotonic":
         return all(lo <= hi for lo, hi in zip(prm["y"], prm["y"][1:], strict=False))
+    if m["method"] == "contextual":
+        return all(math.isfinite(a) and a > 0.0 for a in contextual_slopes(prm))
     return False
+
+
+def contextual_slopes(prm: dict[str, Any]) -> list[float]:
+    """``a(x) = a exp(w_a . (x - m))`` written out over a grid of contexts: every hour,
+    every column of each one-hot feature, numbers at -1e6, 0 and 1e6 (DESIGN §3: a
+    ``contextual`` map is increasing when every context's slope is > 0)."""
+    a = float(prm["a"])
+    per_feature: list[list[float]] = []  # each feature's possible w_a . (x - m)
+    for f in prm["features"]:
+        w, mean = f["w_a"], f.get("mean", [0.0] * len(f["w_a"]))
+        c = sum(wi * mi for wi, mi in zip(w, mean, strict=True))
+        if f["kind"] == "hour":
+            k = f["harmonics"]
+            vals = []
+            for h in range(24):
+                x = [g(2 * math.pi * j * h / 24) for j in range(1, k + 1)
+                     for g in (math.sin, math.cos)]
+                vals.append(sum(wi * xi for wi, xi in zip(w, x, strict=True)) - c)
+        elif f["kind"] == "number":
+            vals = [w[0] * (math.copysign(min(math.log1p(abs(v)), 10.0), v) - mean[0])
+                    for v in (-1e6, 0.0, 1e6)]
+        else:  # one-hot: position buckets, category values and "other"
+            vals = [wi - c for wi in w]
+        per_feature.append([0.0, *vals])  # 0: the feature missing
+    slopes = [a]
+    for vals in per_feature:
+        slopes = [s * math.exp(v) for s in slopes for v in vals][:10_000]
+    return slopes
 
 
 def not_monotone(msgs: list[dict[str, Any]]) -> list[tuple[str, int, str, dict[str, Any]]]:

@@ -303,7 +303,7 @@ def test_segment_with_its_own_miscalibration_gets_a_segment_version() -> None:
     web = policy.resolve("m", "web", None)
     assert app is not None and app["scope"] == "segment:app"
     assert web is not None and web["scope"] == "global"
-    assert app["method"] in ("platt", "isotonic")
+    assert app["method"] in ("platt", "isotonic", "contextual")
     truth = sigmoid(GRID - 0.8)
     err = np.abs(served_p(app, GRID) - truth).max()
     assert err < 0.05 and err < np.abs(sigmoid(GRID) - truth).max() / 3
