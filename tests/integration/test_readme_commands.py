@@ -143,11 +143,12 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
     assert (summary["impressions"], summary["feedback"]) == (20_000, 20_000)
     assert summary["dead_letters_total"] == 0 and (replay / "dlq.jsonl").read_text() == ""
     versions = [json.loads(line) for line in (replay / "calibrators.jsonl").open()]
-    assert len(versions) == 16 and all(v["scope"] == "global" for v in versions)
+    assert len(versions) == 18 and all(v["scope"] == "global" for v in versions)
     temperatures = [v["params"]["temperature"] for v in versions if v["method"] == "temperature"]
-    slopes = [v["params"]["a"] for v in versions if v["method"] == "platt"]
+    # A contextual map's ``a`` is its slope at the average context.
+    slopes = [v["params"]["a"] for v in versions if v["method"] == "contextual"]
     assert [v["method"] for v in versions[:2]] == ["temperature", "temperature"]
-    assert len(temperatures) + len(slopes) == 16
+    assert len(temperatures) + len(slopes) == 18
     assert all(1.55 <= t <= 1.61 for t in temperatures), temperatures
     assert all(0.585 <= a <= 0.68 for a in slopes), slopes
     alerts = [json.loads(line) for line in (replay / "alerts.jsonl").open()]
@@ -167,7 +168,8 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
     for series in ("recal_feedback_total{label=", "recal_calibrator_versions_total{reason="):
         assert series in deploy, deploy
     served, probability = output_of("client.subscribe(").splitlines()
-    assert re.fullmatch(r"(global|segment:\w+) \d+ (temperature|platt|isotonic)", served)
+    assert re.fullmatch(r"(global|segment:\w+) \d+ (temperature|platt|isotonic|contextual)",
+                        served)
     assert 0.0 < float(probability) < 1.0
     # The last line: the broker's log line goes to stderr, merged here.
     assert output_of("recal kafka stop --json").splitlines()[-1] == '{"stopped": true}'
