@@ -108,13 +108,17 @@ async def test_client_on_a_real_worker_serves_what_replay_calibrators_jsonl_says
     from worker.sim.streamrec import generate
 
     raws = [event.raw for event in generate(SCENARIO)]
-    replay_outputs(raws, tmp_path)  # writes tmp_path/replay/calibrators.jsonl
+    # Context-free learner: on this short stream the default contextual global map (which
+    # has segment features) leaves no segment version, and this test wants every scope
+    # kind to cross the topic.
+    knobs = {"policy_online_method": "platt"}
+    replay_outputs(raws, tmp_path, knobs)  # writes tmp_path/replay/calibrators.jsonl
     from_file = CalibratorClient.from_jsonl(tmp_path / "replay" / "calibrators.jsonl")
     want = from_file.versions()
     assert {k.split("|", 1)[1].split(":")[0] for k in want} >= {"global", "segment"}
 
     prefix, _topics = await preload_one_partition(kafka_bootstrap, unique_topic, raws)
-    worker = WorkerProcess(worker_flags(kafka_bootstrap, prefix, unique_topic("app")),
+    worker = WorkerProcess(worker_flags(kafka_bootstrap, prefix, unique_topic("app"), knobs),
                            tmp_path / "worker.log")
     client = CalibratorClient()
     try:

@@ -91,21 +91,27 @@ class TopicReader:
             await self.poll()
 
 
-def worker_flags(bootstrap: str, prefix: str, app_id: str) -> list[str]:
-    return [
+def worker_flags(
+    bootstrap: str, prefix: str, app_id: str, knobs: dict[str, Any] | None = None
+) -> list[str]:
+    """The worker's flags for ``SCENARIO``; ``knobs``: more settings (as in ``KNOBS``)."""
+    flags = [
         "--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "--app-id", app_id,
         "--web-port", "0", "--attribution-window", str(WINDOW_S), "--allowed-lateness", "30",
         "--idle-timeout-s", "2", "--posterior-interval-s", "1",
-        "--recalibrate-every", str(KNOBS["recalibrate_every"]),
-        "--monitor-check-every", str(KNOBS["monitor_check_every"]),
     ]
+    for name, value in {**KNOBS, **(knobs or {})}.items():
+        flags += ["--" + name.replace("_", "-"), str(value)]
+    return flags
 
 
-def replay_outputs(lines: list[bytes], tmp_path: Path) -> dict[str, list[dict[str, Any]]]:
+def replay_outputs(
+    lines: list[bytes], tmp_path: Path, knobs: dict[str, Any] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"".join(line + b"\n" for line in lines))
     settings = Settings.load(env={}, overrides={
-        "attribution_window_s": WINDOW_S, "allowed_lateness_s": 30, **KNOBS})
+        "attribution_window_s": WINDOW_S, "allowed_lateness_s": 30, **KNOBS, **(knobs or {})})
     out_dir = tmp_path / "replay"
     run_replay(events, out_dir, settings.pipeline_config())
     return {
@@ -364,6 +370,45 @@ async def test_state_without_committed_offsets_resumes_from_the_state_offsets(
     assert "from the state's positions" in second.log_path.read_text()
 
 
+async def in_process_worker(
+    bootstrap: str, unique_topic: Callable[[str], str], overrides: dict[str, Any]
+) -> tuple[Any, dict[str, str]]:
+    """A ``GroupWorker`` in this process (for fault injection; the broker is real) on fresh
+    one-partition topics, window 60 s, no lateness; and the topic names by short name."""
+    from worker.runtime.group_worker import GroupWorker
+    from worker.runtime.topics import TopicNames, ensure_topics
+
+    prefix = unique_topic("recal") + "."
+    settings = Settings.load(env={}, overrides={
+        "bootstrap_servers": bootstrap, "topic_prefix": prefix, "app_id": unique_topic("app"),
+        "partitions": 1, "attribution_window_s": 60, "allowed_lateness_s": 0, **overrides})
+    plan = await ensure_topics(settings, TopicNames.from_settings(settings))
+    topics = {s: f"{prefix}{s}" for s in ("impressions", "clicks", *OUTPUT_TOPICS)}
+    return GroupWorker(settings, plan), topics
+
+
+def forty_impressions(special: str, *, clicks: bool) -> list[Line]:
+    """Impressions imp-0..imp-39, one second apart over five users, the 21st named
+    ``special`` (with a click on every fourth from the second when ``clicks``), then four
+    impressions past every deadline, so all 40 labels mature (four, because the clock guard
+    confirms a jump with later events)."""
+    t0 = 1_767_225_600_000
+    lines = []
+    for i in range(40):
+        imp_id = special if i == 20 else f"imp-{i}"
+        obj = {"impression_id": imp_id, "user_id": f"u{i % 5}", "item_id": "x",
+               "ts": t0 + i * 1_000, "score": 0.3}
+        lines.append(Line("impressions", obj["user_id"].encode(), orjson.dumps(obj), obj))
+        if clicks and i % 4 == 1:
+            click = {"impression_id": imp_id, "user_id": obj["user_id"], "ts": obj["ts"] + 500}
+            lines.append(Line("clicks", obj["user_id"].encode(), orjson.dumps(click), click))
+    for n in range(4):
+        flush = {"impression_id": f"imp-flush-{n}", "user_id": "u0", "item_id": "x",
+                 "ts": t0 + 500_000 + n, "score": 0.3}
+        lines.append(Line("impressions", b"u0", orjson.dumps(flush), flush))
+    return lines
+
+
 async def test_an_input_whose_processing_raises_is_dead_lettered_and_the_rest_flows(
     kafka_bootstrap: str, unique_topic: Callable[[str], str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -375,8 +420,6 @@ async def test_an_input_whose_processing_raises_is_dead_lettered_and_the_rest_fl
     exception text; every other input is labelled exactly once and the worker keeps running."""
     from worker.core.pipeline import Pipeline
     from worker.core.records.impression import Impression
-    from worker.runtime.group_worker import GroupWorker
-    from worker.runtime.topics import TopicNames, ensure_topics
 
     original = Pipeline.process
 
@@ -387,30 +430,10 @@ async def test_an_input_whose_processing_raises_is_dead_lettered_and_the_rest_fl
         return original(self, batch)
 
     monkeypatch.setattr(Pipeline, "process", process)
-    prefix = unique_topic("recal") + "."
-    settings = Settings.load(env={}, overrides={
-        "bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix,
-        "app_id": unique_topic("app"), "partitions": 1, "attribution_window_s": 60,
-        "allowed_lateness_s": 0, "max_processing_attempts": 2})
-    plan = await ensure_topics(settings, TopicNames.from_settings(settings))
-    worker = GroupWorker(settings, plan)
-    t0 = 1_767_225_600_000
-    lines = []
-    for i in range(40):
-        imp_id = "imp-boom" if i == 20 else f"imp-{i}"
-        obj = {"impression_id": imp_id, "user_id": f"u{i % 5}", "item_id": "x",
-               "ts": t0 + i * 1_000, "score": 0.3}
-        lines.append(Line("impressions", obj["user_id"].encode(), orjson.dumps(obj), obj))
-        if i % 4 == 1:
-            click = {"impression_id": imp_id, "user_id": obj["user_id"], "ts": obj["ts"] + 500}
-            lines.append(Line("clicks", obj["user_id"].encode(), orjson.dumps(click), click))
-    # Past every deadline: the 39 on-time impressions' labels all mature.
-    late = {"impression_id": "imp-flush", "user_id": "u0", "item_id": "x",
-            "ts": t0 + 500_000, "score": 0.3}
-    for n in range(4):  # the clock guard confirms a jump with later events
-        flush = {**late, "impression_id": f"imp-flush-{n}", "ts": late["ts"] + n}
-        lines.append(Line("impressions", b"u0", orjson.dumps(flush), flush))
-    topics = {s: f"{prefix}{s}" for s in ("impressions", "clicks", *OUTPUT_TOPICS)}
+    worker, topics = await in_process_worker(
+        kafka_bootstrap, unique_topic, {"max_processing_attempts": 2}
+    )
+    lines = forty_impressions("imp-boom", clicks=True)
     await produce(kafka_bootstrap, topics, lines)
     running = asyncio.ensure_future(worker.run())
     try:
@@ -451,8 +474,6 @@ async def test_a_step_longer_than_the_session_timeout_keeps_the_partition(
 
     from worker.core.pipeline import Pipeline
     from worker.core.records.impression import Impression
-    from worker.runtime.group_worker import GroupWorker
-    from worker.runtime.topics import TopicNames, ensure_topics
 
     original = Pipeline.process
     slowed: list[str] = []
@@ -465,25 +486,10 @@ async def test_a_step_longer_than_the_session_timeout_keeps_the_partition(
         return original(self, batch)
 
     monkeypatch.setattr(Pipeline, "process", process)
-    prefix = unique_topic("recal") + "."
-    settings = Settings.load(env={}, overrides={
-        "bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix,
-        "app_id": unique_topic("app"), "partitions": 1, "attribution_window_s": 60,
-        "allowed_lateness_s": 0, "session_timeout_s": 6})
-    plan = await ensure_topics(settings, TopicNames.from_settings(settings))
-    worker = GroupWorker(settings, plan)
-    t0 = 1_767_225_600_000
-    lines = []
-    for i in range(40):
-        imp_id = "imp-slow" if i == 20 else f"imp-{i}"
-        obj = {"impression_id": imp_id, "user_id": f"u{i % 5}", "item_id": "x",
-               "ts": t0 + i * 1_000, "score": 0.3}
-        lines.append(Line("impressions", obj["user_id"].encode(), orjson.dumps(obj), obj))
-    for n in range(4):  # past every deadline; the clock guard confirms the jump
-        flush = {"impression_id": f"imp-flush-{n}", "user_id": "u0", "item_id": "x",
-                 "ts": t0 + 500_000 + n, "score": 0.3}
-        lines.append(Line("impressions", b"u0", orjson.dumps(flush), flush))
-    topics = {s: f"{prefix}{s}" for s in ("impressions", "clicks", *OUTPUT_TOPICS)}
+    worker, topics = await in_process_worker(
+        kafka_bootstrap, unique_topic, {"session_timeout_s": 6}
+    )
+    lines = forty_impressions("imp-slow", clicks=False)
     running = asyncio.ensure_future(worker.run())
     try:
         async with TopicReader(kafka_bootstrap, topics) as out:

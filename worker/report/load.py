@@ -19,6 +19,7 @@ import orjson
 from numpy.typing import NDArray
 
 from worker.core.errors import ConfigError
+from worker.core.records.impression import serving_context
 from worker.replay import OUTPUT_FILES
 
 FEEDBACK_FILE = "feedback.jsonl"
@@ -46,6 +47,9 @@ class FeedbackColumns:
     model_names: list[str]
     segment_names: list[str]
     user_names: list[str]
+    #: Per row, the impression's serving context (``ts``, ``segment``, ``position``, the kept
+    #: ``context`` fields): what serving passes to a ``contextual`` version.
+    contexts: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.ts.size)
@@ -104,6 +108,7 @@ def feedback_columns(records: list[Any], path: Path | str = FEEDBACK_FILE) -> Fe
     models: list[str] = [""] * n
     segments: list[str] = [""] * n
     users: list[str] = [""] * n
+    contexts: list[dict[str, Any]] = [{}] * n
     # The one Python pass over the feedback; everything after it is numpy.
     try:
         for i, fb in enumerate(records):
@@ -113,6 +118,8 @@ def feedback_columns(records: list[Any], path: Path | str = FEEDBACK_FILE) -> Fe
             models[i] = fb["model_id"]
             segments[i] = fb.get("segment") or DEFAULT_SEGMENT
             users[i] = fb["user_id"]
+            contexts[i] = serving_context(fb["ts"], segments[i], fb.get("position"),
+                                          fb.get("context"))
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(
             f"{path}: record {i + 1} is not a feedback event: "
@@ -128,6 +135,7 @@ def feedback_columns(records: list[Any], path: Path | str = FEEDBACK_FILE) -> Fe
         ts=ts[order], score=score[order], label=label[order], model=model[order],
         segment=segment[order], user=user[order], model_names=model_names,
         segment_names=segment_names, user_names=user_names,
+        contexts=[contexts[i] for i in order.tolist()],
     )
 
 

@@ -21,6 +21,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from worker.client import CalibratorClient
+from worker.core.calibrators.calibrator import Calibrator
+from worker.core.calibrators.contextual import ContextualCalibrator
 from worker.core.errors import ConfigError, InvalidInputError
 from worker.core.metrics import calibration_metrics
 from worker.core.records.scope import USER_PREFIX
@@ -152,7 +154,7 @@ def _score_epoch(
         for r in rows[per_user]:
             res = client.resolve(fb.model_names[fb.model[r]], fb.user_names[fb.user[r]],
                                  fb.segment_names[fb.segment[r]])
-            out[r] = res.calibrator.apply(fb.score[r])
+            out[r] = _apply(res.calibrator, fb, np.array([r]))[0]
             served[r] = _kind_index(res.scope)
         rows = rows[~per_user]
     if not rows.size:
@@ -163,8 +165,17 @@ def _score_epoch(
     for key, part in zip(keys, np.split(rows[order], first[1:]), strict=True):
         model, segment = divmod(int(key), n_seg)
         res = client.resolve(fb.model_names[model], None, fb.segment_names[segment])
-        out[part] = res.calibrator.apply(fb.score[part])
+        out[part] = _apply(res.calibrator, fb, part)
         served[part] = _kind_index(res.scope)
+
+
+def _apply(cal: Calibrator, fb: FeedbackColumns, rows: NDArray[np.intp]) -> NDArray[np.float64]:
+    """``cal`` on the rows' scores as serving applies it: a ``contextual`` version in each
+    row's serving context (the client's ``calibrate`` with that context)."""
+    if isinstance(cal, ContextualCalibrator):
+        return np.asarray(cal.apply(fb.score[rows], [fb.contexts[r] for r in rows.tolist()]),
+                          dtype=np.float64)
+    return np.asarray(cal.apply(fb.score[rows]), dtype=np.float64)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import pytest
 from worker.cli import main
 from worker.client import CalibratorClient
 from worker.core.errors import ConfigError
+from worker.core.records.impression import serving_context
 from worker.report import build_report
 from worker.report.build import SECTIONS
 from worker.report.load import feedback_columns, load_directory
@@ -107,8 +108,9 @@ def _naive_scores(
         segment = fb.get("segment", "default")
         res = client.resolve(fb["model_id"], fb["user_id"], segment)
         scopes[res.scope.split(":", 1)[0]] += 1
+        context = serving_context(fb["ts"], segment, fb.get("position"), fb.get("context"))
         out[fb["impression_id"]] = client.calibrate(fb["score"], fb["model_id"], fb["user_id"],
-                                                    segment)
+                                                    segment, context)
     return out, scopes
 
 
@@ -203,8 +205,12 @@ def test_epoch_scorer_equals_the_per_row_client_with_user_versions_and_a_tombsto
             else:
                 client.apply(None, obj)
             k += 1
-        expected[j] = client.calibrate(fb["score"], fb["model_id"], fb["user_id"],
-                                       fb.get("segment", "default"))
+        # As serving calls it: with the impression's serving context (a contextual
+        # version reads it; the others ignore it).
+        segment = fb.get("segment", "default")
+        context = serving_context(fb["ts"], segment, fb.get("position"), fb.get("context"))
+        expected[j] = client.calibrate(fb["score"], fb["model_id"], fb["user_id"], segment,
+                                       context)
     np.testing.assert_allclose(scored.calibrated, expected, rtol=0, atol=1e-15)
 
 

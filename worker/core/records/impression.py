@@ -64,12 +64,7 @@ class Impression:
     def serving_context(self) -> dict[str, Any]:
         """The mapping a ``contextual`` calibrator reads: ``ts``, ``segment``, ``position``
         (when set) and the kept ``context`` fields (which never use those names)."""
-        out: dict[str, Any] = {"ts": self.ts, "segment": self.segment}
-        if self.position is not None:
-            out["position"] = self.position
-        if self.context:
-            out.update(self.context)
-        return out
+        return serving_context(self.ts, self.segment, self.position, self.context)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Impression:
@@ -87,3 +82,20 @@ class Impression:
             position=data.get("position"),
             context=data.get("context"),
         )
+
+
+def serving_context(
+    ts: int, segment: str, position: int | None, context: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``Impression.serving_context`` from the fields themselves (e.g. of a feedback message,
+    which carries them all).
+
+    >>> serving_context(7_200_000, "app", 2, {"device": "ios"})
+    {'ts': 7200000, 'segment': 'app', 'position': 2, 'device': 'ios'}
+    """
+    out: dict[str, Any] = {"ts": ts, "segment": segment}
+    if position is not None:
+        out["position"] = position
+    if context:
+        out.update(context)
+    return out
